@@ -1,0 +1,1 @@
+"""skinscreen core: the contracts every service shares (clinical encoding, preprocessing, model cards)."""

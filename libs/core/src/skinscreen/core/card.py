@@ -1,0 +1,126 @@
+"""Published models: the model card, and the immutable `<store>/<name>/<version>/` folders.
+
+The trainer writes them, the serving side reads them; both go through here.
+A folder holds `model.onnx` and `card.json`; the card carries the sha256 of
+the ONNX file, which is checked on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MODEL_FILE: Final = "model.onnx"
+CARD_FILE: Final = "card.json"
+
+
+class MetricSummary(BaseModel):
+    mean: float
+    std: float
+
+
+class DecisionThreshold(BaseModel):
+    value: float = Field(ge=0.0, le=1.0)
+    method: str = Field(description="'recall' (reach a recall target) or 'fbeta'.")
+    description: str
+
+
+class ModelCard(BaseModel):
+    """What a published model is, how it was made and how well it did."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    version: str
+    created_at: datetime
+    sha256: str = Field(description="sha256 of model.onnx, hex.")
+    input_size: int = Field(description="S: the model takes uint8 [N, S, S, 3] photos.")
+    backbone: str
+    clinical_share: float | None = Field(description="lambda; null for an image-only model.")
+    n_image_features: int
+    use_clinical: bool
+    balancing: str
+    training_mode: str
+    decision_threshold: DecisionThreshold
+    data_fingerprint: str
+    data_description: str
+    cross_validation: dict[str, MetricSummary] = Field(
+        description="Patient-grouped k-fold metrics at the decision threshold, mean and std."
+    )
+    folds: int
+    training_config: dict[str, object]
+
+
+class ModelIntegrityError(RuntimeError):
+    """A published model's file does not match its card."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish(store: Path, model_file: Path, card: ModelCard) -> Path:
+    """Copy a model and its card into `<store>/<name>/<version>/`, never over an existing one.
+
+    The folder is assembled beside its final place and renamed in one step, so
+    a reader never sees a half-written version.
+    """
+    if card.sha256 != file_sha256(model_file):
+        raise ModelIntegrityError(f"{model_file} does not match the sha256 in its card")
+    destination = store / card.name / card.version
+    if destination.exists():
+        raise FileExistsError(f"model {card.name} version {card.version} is already published at "
+                              f"{destination}; published versions are immutable")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{card.version}-", dir=destination.parent))
+    try:
+        shutil.copyfile(model_file, staging / MODEL_FILE)
+        (staging / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+        for path in staging.iterdir():
+            path.chmod(0o444)
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+def read_card(folder: Path) -> ModelCard:
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path} does not exist; a published model folder holds "
+                                f"{MODEL_FILE} and {CARD_FILE}")
+    return ModelCard.model_validate(json.loads(card_path.read_text()))
+
+
+def verified_model(folder: Path) -> tuple[Path, ModelCard]:
+    """The model file and card of a published folder, after checking the file's sha256."""
+    card = read_card(folder)
+    model_path = folder / MODEL_FILE
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} does not exist")
+    actual = file_sha256(model_path)
+    if actual != card.sha256:
+        raise ModelIntegrityError(f"{model_path} has sha256 {actual}, but its card says "
+                                  f"{card.sha256}: the file was changed or damaged after publishing")
+    return model_path, card
+
+
+def latest_version(store: Path, name: str) -> Path:
+    """The newest published version of `name` (versions sort by their time stamp)."""
+    versions = sorted(path for path in (store / name).glob("*") if (path / CARD_FILE).is_file())
+    if not versions:
+        raise FileNotFoundError(f"no published version of model {name!r} under {store}")
+    return versions[-1]

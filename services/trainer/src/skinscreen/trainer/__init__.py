@@ -1,0 +1,1 @@
+"""skinscreen trainer: trains, evaluates, exports and publishes the fusion model."""

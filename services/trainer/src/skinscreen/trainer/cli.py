@@ -1,0 +1,190 @@
+"""Command line of the trainer: train, evaluate, export, publish.
+
+Thin over the library: it parses arguments, validates them through
+`TrainConfig`, and calls into the package. Bad input ends with exit code 2
+and a message naming the option, what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
+from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.data import DataError, load_pad_ufes
+from skinscreen.trainer.evaluation import binary_metrics
+from skinscreen.trainer.export import ExportError, export_onnx
+from skinscreen.trainer.model import load_checkpoint
+from skinscreen.trainer.training import load_images
+
+log = logging.getLogger("skinscreen.trainer")
+
+
+class UsageError(Exception):
+    """Bad input from the command line; the message is for the user."""
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; pydantic validates the strings afterwards."""
+    for name, info in TrainConfig.model_fields.items():
+        choices = None
+        if typing.get_origin(info.annotation) is typing.Literal:
+            choices = typing.get_args(info.annotation)
+        default = "required" if info.is_required() else f"default {info.default}"
+        help_text = f"{info.description + ' ' if info.description else ''}({default})"
+        if name == "report_betas":
+            help_text = "comma-separated betas of the F-beta scores to report " + f"({default})"
+        parser.add_argument(_option(name), dest=name, choices=choices, help=help_text,
+                            required=info.is_required())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    for name in TrainConfig.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        values[name] = value.split(",") if name == "report_betas" else value
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as error:
+        raise UsageError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["invalid training configuration:"]
+    for problem in error.errors():
+        location = ".".join(str(part) for part in problem["loc"])
+        option = _option(location) if location else "configuration"
+        given = problem.get("input")
+        shown = f" (given {given!r})" if location and not isinstance(given, dict) else ""
+        lines.append(f"  {option}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from skinscreen.trainer.pipeline import run_training
+
+    config = config_from_args(args)
+    store = None if args.no_publish else Path(args.store)
+    result = run_training(config, Path(args.runs), store)
+    summary = result.cross_validation.summary
+    print(f"run folder: {result.run_dir}")
+    print(f"report:     {result.run_dir / 'report.md'}")
+    if result.published is not None:
+        print(f"published:  {result.published}")
+    print("cross-validated (mean ± std over folds): " + ", ".join(
+        f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
+        for key in ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision")))
+    print(f"decision threshold: {result.cross_validation.threshold.value:.4f} "
+          f"({result.cross_validation.threshold.description})")
+    print(f"total time: {result.timings['total_s']:.0f} s")
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    """Score a published model on a PAD-UFES-20 folder through ONNX Runtime."""
+    model_path, card = verified_model(Path(args.model))
+    dataset = load_pad_ufes(Path(args.data))
+    if dataset.fingerprint() == card.data_fingerprint:
+        print("warning: this is the data the model was trained on; these numbers are not an "
+              "estimate of its accuracy (see the cross-validated metrics in its card)",
+              file=sys.stderr)
+    images = load_images(dataset, card.input_size).numpy()
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    clinical = dataset.clinical
+    probabilities = np.concatenate([
+        session.run(["cancer_probability"], {"image": images[start:start + 64],
+                                             "clinical": clinical[start:start + 64]})[0]
+        for start in range(0, len(images), 64)
+    ])
+    metrics = binary_metrics(dataset.labels, probabilities, card.decision_threshold.value,
+                             tuple(float(beta) for beta in args.betas.split(",")))
+    print(json.dumps({"model": f"{card.name}/{card.version}", "photos": len(dataset),
+                      "threshold": card.decision_threshold.value, "metrics": metrics}, indent=2))
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """Re-export a run's checkpoint to ONNX, checked against PyTorch on real photos."""
+    model, _ = load_checkpoint(Path(args.checkpoint))
+    dataset = load_pad_ufes(Path(args.data))
+    rows = np.linspace(0, len(dataset) - 1, min(8, len(dataset))).astype(int)
+    subset = dataset.subset(rows)
+    images = load_images(subset, model.spec.image_size).numpy()
+    difference = export_onnx(model, Path(args.output), images, subset.clinical)
+    print(f"wrote {args.output}; max |ONNX Runtime - PyTorch| = {difference:.1e}")
+    return 0
+
+
+def command_publish(args: argparse.Namespace) -> int:
+    """Publish a run folder's model.onnx and card.json into a store."""
+    run_dir = Path(args.run)
+    card = read_card(run_dir)
+    destination = publish(Path(args.store), run_dir / "model.onnx", card)
+    print(f"published {card.name} {card.version} at {destination}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skinscreen-trainer", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="cross-validate, fit, export and publish a model")
+    _add_config_options(train)
+    train.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    train.add_argument("--store", default="var/models",
+                       help="model store to publish into (default var/models)")
+    train.add_argument("--no-publish", action="store_true", help="do not publish the model")
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a published model on a data folder")
+    evaluate.add_argument("--model", required=True, help="published folder <store>/<name>/<version>")
+    evaluate.add_argument("--data", required=True, help="PAD-UFES-20 folder")
+    evaluate.add_argument("--betas", default="1,3,5,7,10", help="F-beta scores to report")
+    evaluate.set_defaults(handler=command_evaluate)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX, checked")
+    export.add_argument("--checkpoint", required=True, help="checkpoint.pt of a run")
+    export.add_argument("--data", required=True, help="PAD-UFES-20 folder for the parity check")
+    export.add_argument("--output", required=True, help="the .onnx file to write")
+    export.set_defaults(handler=command_export)
+
+    publish_parser = commands.add_parser("publish", help="publish a run folder into a store")
+    publish_parser.add_argument("--run", required=True, help="run folder with model.onnx, card.json")
+    publish_parser.add_argument("--store", default="var/models", help="model store")
+    publish_parser.set_defaults(handler=command_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except (UsageError, DataError, ExportError, ModelIntegrityError, FileNotFoundError,
+            FileExistsError, ValueError) as error:
+        print(f"skinscreen-trainer {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The configuration of a training run, validated before any work starts.
+
+A bad value stops the run with a message naming the field, what was wrong
+and what is allowed; the resolved configuration is written into the run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from skinscreen.trainer.balancing import Balancing
+from skinscreen.trainer.evaluation import ThresholdMethod
+from skinscreen.trainer.model import ModelSpec
+
+Backbone = Literal["efficientnet-lite0", "resnet50", "simple-cnn"]
+DEFAULT_MODEL_NAME = "skinscreen-fusion"
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a run. Defaults are the configuration of the shipped model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path = Field(description="PAD-UFES-20 folder holding metadata.csv and images/.")
+    name: str = Field(DEFAULT_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$",
+                      description="Model name in the store.")
+
+    backbone: Backbone = "efficientnet-lite0"
+    resnet_weights: Path | None = Field(
+        None, description="A ResNet50 state dict to start from; random init when absent."
+    )
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 224
+    clinical_share: Annotated[float, Field(gt=0.0, lt=1.0, description="lambda")] = 0.3
+    use_clinical: bool = True
+    hidden_units: Annotated[int, Field(ge=1)] = 64
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+
+    mode: Literal["cached", "full"] = Field(
+        "cached",
+        description="cached: frozen backbone trunk on cached augmented views, last 1x1 conv "
+        "and head trained (CPU, minutes); full: the whole network fine-tuned (GPU).",
+    )
+    views: Annotated[int, Field(ge=1, le=64)] = Field(
+        8, description="Augmented views cached per photo (cached mode)."
+    )
+    balancing: Balancing = "weighted"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: Annotated[float, Field(gt=0.0)] = 0.01
+    schedule: Literal["paper", "cosine"] = Field(
+        "paper", description="paper: x1/2 then x1/5 alternately every 20 epochs."
+    )
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    epochs: Annotated[int, Field(ge=1)] = 60
+    batch_size: Annotated[int, Field(ge=2)] = 32
+
+    folds: Annotated[int, Field(ge=2)] = 5
+    seed: int = 0
+    threshold_method: ThresholdMethod = "recall"
+    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    threshold_beta: Annotated[float, Field(gt=0.0)] = 1.0
+    report_betas: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 10.0)
+    max_samples: Annotated[int | None, Field(ge=20)] = Field(
+        None, description="Use a stratified subset of this many photos (smoke runs)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> TrainConfig:
+        if self.resnet_weights is not None and self.backbone != "resnet50":
+            raise ValueError("resnet_weights is only for backbone 'resnet50'")
+        if self.resnet_weights is not None and not self.resnet_weights.is_file():
+            raise ValueError(f"resnet_weights file {self.resnet_weights} does not exist")
+        return self
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(backbone=self.backbone, image_size=self.image_size,
+                         clinical_share=self.clinical_share, use_clinical=self.use_clinical,
+                         hidden_units=self.hidden_units, dropout=self.dropout)

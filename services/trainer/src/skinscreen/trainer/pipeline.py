@@ -1,0 +1,180 @@
+"""One training run, end to end: data -> cross-validation -> final fit -> ONNX -> report -> publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from skinscreen.core.card import DecisionThreshold, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.data import Dataset, load_pad_ufes
+from skinscreen.trainer.evaluation import (
+    Threshold,
+    binary_metrics,
+    choose_threshold,
+    patient_folds,
+    summarise,
+)
+from skinscreen.trainer.export import export_onnx
+from skinscreen.trainer.model import save_checkpoint
+from skinscreen.trainer.report import write_report
+from skinscreen.trainer.training import Trainer, load_images
+
+log = logging.getLogger(__name__)
+
+PARITY_ROWS = 8
+
+
+@dataclass
+class CrossValidation:
+    """Out-of-fold predictions and metrics of a k-fold run."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    threshold: Threshold
+    per_fold: list[dict[str, Any]]
+    per_fold_thresholds: list[float]
+    summary: dict[str, dict[str, float]]
+    pooled: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: TrainConfig
+    cross_validation: CrossValidation
+    card: ModelCard | None
+    published: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_run_dir(runs: Path, config: TrainConfig) -> Path:
+    """A fresh folder named after time, model and image size."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = runs / f"{stamp}-{config.backbone}-{config.image_size}"
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = base.with_name(f"{base.name}-{suffix}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def select_subset(dataset: Dataset, max_samples: int | None, seed: int) -> Dataset:
+    """A label-stratified subset for quick runs; the whole set when no limit is given."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    indices, _ = train_test_split(np.arange(len(dataset)), train_size=max_samples,
+                                  stratify=dataset.labels, random_state=seed)
+    return dataset.subset(np.sort(indices))
+
+
+def cross_validate(trainer: Trainer, config: TrainConfig, labels: np.ndarray,
+                   groups: np.ndarray) -> CrossValidation:
+    folds = patient_folds(labels, groups, config.folds, config.seed)
+    probabilities = np.zeros(len(labels), dtype=np.float64)
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    for index, (train, test) in enumerate(folds):
+        model = trainer.fit(train, seed=config.seed + index, desc=f"fold {index + 1}/{len(folds)}")
+        probabilities[test] = trainer.predict(model, test)
+        fold_of[test] = index
+
+    def pick(mask: np.ndarray) -> Threshold:
+        return choose_threshold(labels[mask], probabilities[mask], config.threshold_method,
+                                config.recall_target, config.threshold_beta)
+
+    # Each fold is scored at a threshold chosen on the other folds' predictions,
+    # so its recall is measured, not fitted.
+    per_fold, per_fold_thresholds = [], []
+    for index, (_, test) in enumerate(folds):
+        threshold = pick(fold_of != index).value
+        per_fold_thresholds.append(threshold)
+        per_fold.append(binary_metrics(labels[test], probabilities[test], threshold,
+                                       config.report_betas))
+    threshold = pick(np.ones(len(labels), dtype=bool))
+    pooled = binary_metrics(labels, probabilities, threshold.value, config.report_betas)
+    return CrossValidation(labels, probabilities, folds, threshold, per_fold, per_fold_thresholds,
+                           summarise(per_fold), pooled)
+
+
+def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResult:
+    """Cross-validate, fit on all data, export, report, and publish into `store` (if given)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    dataset = select_subset(load_pad_ufes(config.data), config.max_samples, config.seed)
+    log.info("PAD-UFES-20: %d photos used, %d rows skipped (photo missing); %s", len(dataset),
+             dataset.skipped_missing_image, dict(sorted(dataset.diagnoses.items())))
+    run_dir = make_run_dir(runs, config)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    images = load_images(dataset, config.image_size)
+    timings["load_photos_s"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    trainer = Trainer(config, dataset, images, progress=log.info)
+    timings["cache_views_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    labels, groups = dataset.labels, dataset.groups
+    cv = cross_validate(trainer, config, labels, groups)
+    timings["cross_validation_s"] = time.perf_counter() - mark
+    log.info("cross-validated: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f",
+             cv.summary["roc_auc"]["mean"], cv.summary["recall"]["mean"],
+             cv.summary["balanced_accuracy"]["mean"])
+
+    mark = time.perf_counter()
+    final = trainer.fit(np.arange(len(dataset)), seed=config.seed + config.folds, desc="final fit")
+    timings["final_fit_s"] = time.perf_counter() - mark
+    save_checkpoint(final, run_dir / "checkpoint.pt", extra={"threshold": cv.threshold.value})
+
+    mark = time.perf_counter()
+    parity_rows = np.linspace(0, len(dataset) - 1, min(PARITY_ROWS, len(dataset))).astype(int)
+    model_path = run_dir / "model.onnx"
+    parity = export_onnx(final, model_path, images[parity_rows].numpy(),
+                         dataset.clinical[parity_rows])
+    timings["export_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+
+    card = build_card(config, dataset, cv, model_path)
+    (run_dir / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
+    write_report(run_dir, config, dataset, cv, card, timings, parity)
+    published = publish(store, model_path, card) if store is not None else None
+    if published is not None:
+        log.info("published %s %s at %s", card.name, card.version, published)
+    return RunResult(run_dir, config, cv, card, published, timings)
+
+
+def build_card(config: TrainConfig, dataset: Dataset, cv: CrossValidation,
+               model_path: Path) -> ModelCard:
+    created = datetime.now(UTC)
+    spec = config.model_spec()
+    return ModelCard(
+        name=config.name,
+        version=created.strftime("%Y%m%d.%H%M%S"),
+        created_at=created,
+        sha256=file_sha256(model_path),
+        input_size=config.image_size,
+        backbone=config.backbone,
+        clinical_share=config.clinical_share if config.use_clinical else None,
+        n_image_features=spec.n_image_features,
+        use_clinical=config.use_clinical,
+        balancing=config.balancing,
+        training_mode=config.mode,
+        decision_threshold=DecisionThreshold(value=cv.threshold.value, method=cv.threshold.method,
+                                             description=cv.threshold.description),
+        data_fingerprint=dataset.fingerprint(),
+        data_description=(f"PAD-UFES-20 at {config.data}: {len(dataset)} photos, "
+                          f"{len(set(dataset.groups))} patients; "
+                          f"{dataset.skipped_missing_image} metadata rows without a photo skipped"),
+        cross_validation={key: MetricSummary(**value) for key, value in cv.summary.items()},
+        folds=config.folds,
+        training_config=json.loads(config.model_dump_json()),
+    )

@@ -1,0 +1,312 @@
+"""Training and patient-grouped cross-validation of the fusion model.
+
+Two modes share one loop:
+- `cached` (CPU): the backbone's trunk is frozen and run once, through ONNX
+  Runtime, on several augmented views of every photo; each epoch then draws
+  one cached view per photo and trains the last 1x1 convolution and the
+  fusion head. A full 5-fold run takes minutes on two cores.
+- `full` (GPU): the whole network is fine-tuned on freshly augmented photos.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from skinscreen.core.imaging import load_and_preprocess
+from skinscreen.trainer.augment import augment
+from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
+from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.data import Dataset
+from skinscreen.trainer.model import ScreeningModel, build_model
+
+log = logging.getLogger(__name__)
+
+TRUNK_BATCH = 64
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_images(dataset: Dataset, size: int) -> torch.Tensor:
+    """Every photo preprocessed as the served model sees it: uint8 [N, S, S, 3]."""
+    arrays = [load_and_preprocess(sample.image_path, size)
+              for sample in tqdm(dataset.samples, desc="photos", unit="img", leave=False)]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def paper_schedule(epoch: int) -> float:
+    """The learning-rate factor of the paper: x1/2 then x1/5 alternately every 20 epochs."""
+    factor = 1.0
+    for step in range(epoch // 20):
+        factor *= 0.5 if step % 2 == 0 else 0.2
+    return factor
+
+
+# --------------------------------------------------------------------------- #
+# Where the inputs of a training step come from.
+# --------------------------------------------------------------------------- #
+
+
+class TrunkRunner:
+    """Runs the frozen trunk (pixels -> last feature map before the top) in inference mode.
+
+    On CPU it goes through ONNX Runtime, about twice as fast as eager PyTorch
+    on two cores; on a GPU through PyTorch.
+    """
+
+    def __init__(self, model: ScreeningModel, device: torch.device) -> None:
+        self.device = device
+        self.trunk = _Trunk(model).eval()
+        self.session: ort.InferenceSession | None = None
+        if device.type == "cpu":
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "trunk.onnx"
+                example = torch.zeros(2, model.spec.image_size, model.spec.image_size, 3,
+                                      dtype=torch.uint8)
+                torch.onnx.export(self.trunk, (example,), str(path), input_names=["image"],
+                                  output_names=["trunk"], dynamic_axes={"image": {0: "batch"}},
+                                  opset_version=17, dynamo=False)
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = torch.get_num_threads()
+                self.session = ort.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
+        else:
+            self.trunk.to(device)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"image": images.numpy()})[0])
+        with torch.inference_mode():
+            return self.trunk(images.to(self.device)).cpu()
+
+
+class _Trunk(nn.Module):
+    def __init__(self, model: ScreeningModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.backbone.trunk(self.model.pixels_to_input(image))
+
+
+def cache_trunk(runner: TrunkRunner, images: torch.Tensor, views: int,
+                generator: torch.Generator | None, desc: str) -> torch.Tensor:
+    """Trunk maps of `views` augmented views (or one clean view when generator is None).
+
+    Stored as float16 [views, N, C, h, w]: half the memory, and the trainable
+    top sees no difference worth a float32 copy.
+    """
+    out: torch.Tensor | None = None
+    batches = range(0, len(images), TRUNK_BATCH)
+    with tqdm(total=views * len(batches), desc=desc, unit="batch", leave=False) as bar:
+        for view in range(views):
+            for start in batches:
+                chunk = images[start:start + TRUNK_BATCH]
+                if generator is not None:
+                    chunk = augment(chunk, generator)
+                maps = runner(chunk).to(torch.float16)
+                if out is None:
+                    out = torch.empty((views, len(images), *maps.shape[1:]), dtype=torch.float16)
+                out[view, start:start + len(chunk)] = maps
+                bar.update()
+    assert out is not None
+    return out
+
+
+@dataclass
+class FoldInputs:
+    """The training rows of one fit: cached trunk maps (cached mode) or photos (full mode)."""
+
+    clinical: torch.Tensor
+    labels: torch.Tensor
+    trunk_views: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class Trainer:
+    """Fits fresh models on subsets of one data set, sharing the expensive work between fits."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, images: torch.Tensor,
+                 progress: Callable[[str], None] = log.info) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.images = images
+        self.clinical = torch.from_numpy(dataset.clinical)
+        self.labels = torch.from_numpy(dataset.labels)
+        self.device = resolve_device(config.device)
+        self.progress = progress
+        self.template = build_model(config.model_spec(), pretrained=True,
+                                    weights_path=config.resnet_weights)
+        self.trunk_views: torch.Tensor | None = None
+        self.clean_trunk: torch.Tensor | None = None
+        self.runner: TrunkRunner | None = None
+        if config.mode == "cached":
+            self._cache_views()
+
+    def _cache_views(self) -> None:
+        started = time.perf_counter()
+        self.runner = TrunkRunner(self.template, self.device)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        self.trunk_views = cache_trunk(self.runner, self.images, self.config.views, generator,
+                                       "caching augmented views")
+        self.clean_trunk = cache_trunk(self.runner, self.images, 1, None, "caching clean view")[0]
+        self.progress(f"cached {self.config.views} augmented views of {len(self.images)} photos "
+                      f"in {time.perf_counter() - started:.0f} s")
+
+    def inputs(self, indices: np.ndarray, seed: int) -> FoldInputs:
+        """The training rows `indices`, with DE mutants added when that balancing is chosen."""
+        index = torch.from_numpy(indices)
+        inputs = FoldInputs(clinical=self.clinical[index], labels=self.labels[index])
+        if self.config.mode == "cached":
+            assert self.trunk_views is not None
+            inputs.trunk_views = self.trunk_views[:, index]
+        else:
+            inputs.images = self.images[index]
+        if self.config.balancing == "de-mutation":
+            self._add_mutants(inputs, indices, seed)
+        return inputs
+
+    def _add_mutants(self, inputs: FoldInputs, indices: np.ndarray, seed: int) -> None:
+        mutants = plan_de_mutation(inputs.labels.numpy(), np.random.default_rng(seed))
+        images, clinical, labels = apply_de_mutation(self.images[torch.from_numpy(indices)],
+                                                     inputs.clinical, mutants)
+        inputs.clinical = torch.cat([inputs.clinical, clinical])
+        inputs.labels = torch.cat([inputs.labels, labels])
+        if inputs.images is not None:
+            inputs.images = torch.cat([inputs.images, images])
+        if inputs.trunk_views is not None:
+            # Mutants are new photos: their trunk maps must be computed, per fold,
+            # from training photos only.
+            assert self.runner is not None
+            generator = torch.Generator().manual_seed(seed)
+            mutant_views = cache_trunk(self.runner, images, self.config.views, generator,
+                                       "caching DE mutants")
+            inputs.trunk_views = torch.cat([inputs.trunk_views, mutant_views], dim=1)
+
+    def fit(self, indices: np.ndarray, seed: int, desc: str) -> ScreeningModel:
+        """A fresh model trained on the rows `indices`."""
+        torch.manual_seed(seed)
+        model = copy.deepcopy(self.template)
+        inputs = self.inputs(indices, seed)
+        model.head.set_clinical_statistics(inputs.clinical)
+        trainable = self._trainable(model)
+        optimizer = self._optimizer(trainable)
+        scheduler = self._scheduler(optimizer)
+        if self.config.balancing == "weighted":
+            weights = class_weights(inputs.labels.numpy()).to(self.device)
+        else:
+            weights = None
+        loss_fn = nn.CrossEntropyLoss(weight=weights)
+        model.to(self.device)
+        generator = torch.Generator().manual_seed(seed)
+        for _ in tqdm(range(self.config.epochs), desc=desc, unit="epoch", leave=False):
+            self._train_mode(model)
+            for features, clinical, labels in self._batches(model, inputs, generator):
+                loss = loss_fn(model.head(features, clinical.to(self.device)),
+                               labels.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+        model.eval().cpu()
+        return model
+
+    def _trainable(self, model: ScreeningModel) -> list[nn.Parameter]:
+        for parameter in model.backbone.parameters():
+            parameter.requires_grad_(self.config.mode == "full")
+        if self.config.mode == "cached":
+            for parameter in _top_modules(model):
+                parameter.requires_grad_(True)
+        return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+    def _train_mode(self, model: ScreeningModel) -> None:
+        model.train()
+        if self.config.mode == "cached":
+            # The frozen trunk keeps its ImageNet batch-norm statistics.
+            model.backbone.eval()
+            for module in _top_module_list(model):
+                module.train()
+
+    def _optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=0.9,
+                                   weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(parameters, lr=self.config.learning_rate,
+                                weight_decay=self.config.weight_decay)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.config.schedule == "paper":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, paper_schedule)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.config.epochs)
+
+    def _batches(self, model: ScreeningModel, inputs: FoldInputs,
+                 generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]]:
+        order = torch.randperm(len(inputs), generator=generator)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start:start + size]
+            if len(batch) < 2:  # batch norm needs two rows
+                continue
+            if inputs.trunk_views is not None:
+                view = torch.randint(0, inputs.trunk_views.shape[0], (len(batch),),
+                                     generator=generator)
+                maps = inputs.trunk_views[view, batch].to(self.device, torch.float32)
+                features = model.backbone.top(maps)
+            else:
+                assert inputs.images is not None
+                pixels = augment(inputs.images[batch], generator).to(self.device)
+                features = model.backbone(model.pixels_to_input(pixels))
+            yield features, inputs.clinical[batch], inputs.labels[batch]
+
+    def predict(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
+        """Cancer probabilities of the rows `indices`, on the clean (un-augmented) photos."""
+        index = torch.from_numpy(indices)
+        outputs = []
+        model.to(self.device).eval()
+        with torch.inference_mode():
+            for start in range(0, len(index), TRUNK_BATCH):
+                rows = index[start:start + TRUNK_BATCH]
+                clinical = self.clinical[rows].to(self.device)
+                if self.clean_trunk is not None:
+                    features = model.backbone.top(self.clean_trunk[rows].to(self.device,
+                                                                             torch.float32))
+                else:
+                    pixels = self.images[rows].to(self.device)
+                    features = model.backbone(model.pixels_to_input(pixels))
+                outputs.append(torch.softmax(model.head(features, clinical), dim=1)[:, 1].cpu())
+        model.cpu()
+        return torch.cat(outputs).numpy()
+
+
+def _top_module_list(model: ScreeningModel) -> list[nn.Module]:
+    top = getattr(model.backbone, "top_modules", None)
+    if top is None:
+        raise ValueError(f"backbone {model.spec.backbone!r} has no trainable top for cached mode")
+    modules: list[nn.Module] = top()
+    return modules
+
+
+def _top_modules(model: ScreeningModel) -> Iterator[nn.Parameter]:
+    for module in _top_module_list(model):
+        yield from module.parameters()
