@@ -1,1 +1,1 @@
-"""skinscreen core: the contracts every service shares (clinical encoding, preprocessing, model cards)."""
+"""skinscreen core: the contracts all services share: clinical encoding, preprocessing, cards."""

@@ -81,8 +81,10 @@ def publish(store: Path, model_file: Path, card: ModelCard) -> Path:
         raise ModelIntegrityError(f"{model_file} does not match the sha256 in its card")
     destination = store / card.name / card.version
     if destination.exists():
-        raise FileExistsError(f"model {card.name} version {card.version} is already published at "
-                              f"{destination}; published versions are immutable")
+        raise FileExistsError(
+            f"model {card.name} version {card.version} is already published at "
+            f"{destination}; published versions are immutable"
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{card.version}-", dir=destination.parent))
     try:
@@ -100,8 +102,10 @@ def publish(store: Path, model_file: Path, card: ModelCard) -> Path:
 def read_card(folder: Path) -> ModelCard:
     card_path = folder / CARD_FILE
     if not card_path.is_file():
-        raise FileNotFoundError(f"{card_path} does not exist; a published model folder holds "
-                                f"{MODEL_FILE} and {CARD_FILE}")
+        raise FileNotFoundError(
+            f"{card_path} does not exist; a published model folder holds "
+            f"{MODEL_FILE} and {CARD_FILE}"
+        )
     return ModelCard.model_validate(json.loads(card_path.read_text()))
 
 
@@ -113,8 +117,10 @@ def verified_model(folder: Path) -> tuple[Path, ModelCard]:
         raise FileNotFoundError(f"{model_path} does not exist")
     actual = file_sha256(model_path)
     if actual != card.sha256:
-        raise ModelIntegrityError(f"{model_path} has sha256 {actual}, but its card says "
-                                  f"{card.sha256}: the file was changed or damaged after publishing")
+        raise ModelIntegrityError(
+            f"{model_path} has sha256 {actual}, but its card says "
+            f"{card.sha256}: the file was changed or damaged after publishing"
+        )
     return model_path, card
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 AGE_MIN: Final = 0
 AGE_MAX: Final = 120
 
+
 class Region(StrEnum):
     """Body region of the lesion; OTHER for anything not listed.
 
@@ -45,7 +46,9 @@ REGIONS: Final[tuple[str, ...]] = tuple(region.value for region in Region)
 SYMPTOMS: Final[tuple[str, ...]] = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
 
 FEATURE_NAMES: Final[tuple[str, ...]] = (
-    ("age",) + tuple(f"region_{region}" for region in REGIONS) + SYMPTOMS
+    "age",
+    *(f"region_{region}" for region in REGIONS),
+    *SYMPTOMS,
 )
 N_CLINICAL: Final = len(FEATURE_NAMES)
 assert N_CLINICAL == 22, "the clinical contract has exactly 22 variables"

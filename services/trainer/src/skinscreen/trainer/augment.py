@@ -28,8 +28,9 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator,
-            spec: AugmentSpec = AugmentSpec()) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, generator: torch.Generator, spec: AugmentSpec = AugmentSpec()
+) -> torch.Tensor:
     """Randomly transform uint8 [N, S, S, 3] photos; returns uint8 of the same shape."""
     n = images.shape[0]
     x = images.permute(0, 3, 1, 2).to(torch.float32)
@@ -41,17 +42,20 @@ def augment(images: torch.Tensor, generator: torch.Generator,
     flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     shift = _uniform(2 * n, -spec.max_shift, spec.max_shift, generator).view(n, 2) * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], dim=1),
-        torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], dim=1),
-    ], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], dim=1),
+            torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def factor(strength: float) -> torch.Tensor:
         return _uniform(n, 1 - strength, 1 + strength, generator).view(n, 1, 1, 1)
 
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = gray + (x - gray) * factor(spec.saturation)
     x = x * factor(spec.brightness)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)

@@ -51,25 +51,29 @@ def plan_de_mutation(labels: np.ndarray, rng: np.random.Generator) -> list[Mutan
             continue
         for _ in range(target - count):
             parents = tuple(int(index) for index in rng.choice(members, size=3, replace=False))
-            mutants.append(Mutant(
-                parents=(parents[0], parents[1], parents[2]),
-                alpha=float(rng.uniform(*ALPHA_RANGE)),
-                clinical_parent=int(rng.choice(parents)),
-                label=label,
-            ))
+            mutants.append(
+                Mutant(
+                    parents=(parents[0], parents[1], parents[2]),
+                    alpha=float(rng.uniform(*ALPHA_RANGE)),
+                    clinical_parent=int(rng.choice(parents)),
+                    label=label,
+                )
+            )
     return mutants
 
 
-def mutate_images(x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
-                  alpha: torch.Tensor) -> torch.Tensor:
+def mutate_images(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
     """X4 = X1 + alpha (X2 - X3) on uint8 [N, S, S, 3] photos, clipped back to uint8."""
     a = alpha.view(-1, 1, 1, 1).to(torch.float32)
     mixed = x1.to(torch.float32) + a * (x2.to(torch.float32) - x3.to(torch.float32))
     return mixed.clamp(0, 255).round().to(torch.uint8)
 
 
-def apply_de_mutation(images: torch.Tensor, clinical: torch.Tensor,
-                      mutants: list[Mutant]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def apply_de_mutation(
+    images: torch.Tensor, clinical: torch.Tensor, mutants: list[Mutant]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The synthetic (images, clinical, labels) that `mutants` describe."""
     if not mutants:
         return (images[:0], clinical[:0], torch.zeros(0, dtype=torch.int64))

@@ -49,8 +49,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help_text = f"{info.description + ' ' if info.description else ''}({default})"
         if name == "report_betas":
             help_text = "comma-separated betas of the F-beta scores to report " + f"({default})"
-        parser.add_argument(_option(name), dest=name, choices=choices, help=help_text,
-                            required=info.is_required())
+        parser.add_argument(
+            _option(name), dest=name, choices=choices, help=help_text, required=info.is_required()
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -88,11 +89,17 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"report:     {result.run_dir / 'report.md'}")
     if result.published is not None:
         print(f"published:  {result.published}")
-    print("cross-validated (mean ± std over folds): " + ", ".join(
-        f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
-        for key in ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision")))
-    print(f"decision threshold: {result.cross_validation.threshold.value:.4f} "
-          f"({result.cross_validation.threshold.description})")
+    print(
+        "cross-validated (mean ± std over folds): "
+        + ", ".join(
+            f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
+            for key in ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision")
+        )
+    )
+    print(
+        f"decision threshold: {result.cross_validation.threshold.value:.4f} "
+        f"({result.cross_validation.threshold.description})"
+    )
     print(f"total time: {result.timings['total_s']:.0f} s")
     return 0
 
@@ -102,21 +109,40 @@ def command_evaluate(args: argparse.Namespace) -> int:
     model_path, card = verified_model(Path(args.model))
     dataset = load_pad_ufes(Path(args.data))
     if dataset.fingerprint() == card.data_fingerprint:
-        print("warning: this is the data the model was trained on; these numbers are not an "
-              "estimate of its accuracy (see the cross-validated metrics in its card)",
-              file=sys.stderr)
+        print(
+            "warning: this is the data the model was trained on; these numbers are not an "
+            "estimate of its accuracy (see the cross-validated metrics in its card)",
+            file=sys.stderr,
+        )
     images = load_images(dataset, card.input_size).numpy()
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     clinical = dataset.clinical
-    probabilities = np.concatenate([
-        session.run(["cancer_probability"], {"image": images[start:start + 64],
-                                             "clinical": clinical[start:start + 64]})[0]
-        for start in range(0, len(images), 64)
-    ])
-    metrics = binary_metrics(dataset.labels, probabilities, card.decision_threshold.value,
-                             tuple(float(beta) for beta in args.betas.split(",")))
-    print(json.dumps({"model": f"{card.name}/{card.version}", "photos": len(dataset),
-                      "threshold": card.decision_threshold.value, "metrics": metrics}, indent=2))
+    probabilities = np.concatenate(
+        [
+            session.run(
+                ["cancer_probability"],
+                {"image": images[start : start + 64], "clinical": clinical[start : start + 64]},
+            )[0]
+            for start in range(0, len(images), 64)
+        ]
+    )
+    metrics = binary_metrics(
+        dataset.labels,
+        probabilities,
+        card.decision_threshold.value,
+        tuple(float(beta) for beta in args.betas.split(",")),
+    )
+    print(
+        json.dumps(
+            {
+                "model": f"{card.name}/{card.version}",
+                "photos": len(dataset),
+                "threshold": card.decision_threshold.value,
+                "metrics": metrics,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -149,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="cross-validate, fit, export and publish a model")
     _add_config_options(train)
     train.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    train.add_argument("--store", default="var/models",
-                       help="model store to publish into (default var/models)")
+    train.add_argument(
+        "--store", default="var/models", help="model store to publish into (default var/models)"
+    )
     train.add_argument("--no-publish", action="store_true", help="do not publish the model")
     train.set_defaults(handler=command_train)
 
     evaluate = commands.add_parser("evaluate", help="score a published model on a data folder")
-    evaluate.add_argument("--model", required=True, help="published folder <store>/<name>/<version>")
+    evaluate.add_argument(
+        "--model", required=True, help="published folder <store>/<name>/<version>"
+    )
     evaluate.add_argument("--data", required=True, help="PAD-UFES-20 folder")
     evaluate.add_argument("--betas", default="1,3,5,7,10", help="F-beta scores to report")
     evaluate.set_defaults(handler=command_evaluate)
@@ -167,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=command_export)
 
     publish_parser = commands.add_parser("publish", help="publish a run folder into a store")
-    publish_parser.add_argument("--run", required=True, help="run folder with model.onnx, card.json")
+    publish_parser.add_argument(
+        "--run", required=True, help="run folder with model.onnx, card.json"
+    )
     publish_parser.add_argument("--store", default="var/models", help="model store")
     publish_parser.set_defaults(handler=command_publish)
     return parser
@@ -176,12 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.handler(args))
-    except (UsageError, DataError, ExportError, ModelIntegrityError, FileNotFoundError,
-            FileExistsError, ValueError) as error:
+    except (
+        UsageError,
+        DataError,
+        ExportError,
+        ModelIntegrityError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    ) as error:
         print(f"skinscreen-trainer {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -25,8 +25,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: Path = Field(description="PAD-UFES-20 folder holding metadata.csv and images/.")
-    name: str = Field(DEFAULT_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$",
-                      description="Model name in the store.")
+    name: str = Field(
+        DEFAULT_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model name in the store."
+    )
 
     backbone: Backbone = "efficientnet-lite0"
     resnet_weights: Path | None = Field(
@@ -76,6 +77,11 @@ class TrainConfig(BaseModel):
         return self
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(backbone=self.backbone, image_size=self.image_size,
-                         clinical_share=self.clinical_share, use_clinical=self.use_clinical,
-                         hidden_units=self.hidden_units, dropout=self.dropout)
+        return ModelSpec(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            clinical_share=self.clinical_share,
+            use_clinical=self.use_clinical,
+            hidden_units=self.hidden_units,
+            dropout=self.dropout,
+        )

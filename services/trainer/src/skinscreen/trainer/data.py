@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -24,8 +25,15 @@ DIAGNOSES: Final = tuple(sorted(CANCER_DIAGNOSES | BENIGN_DIAGNOSES))
 
 METADATA_FILE: Final = "metadata.csv"
 IMAGES_FOLDER: Final = "images"
-REQUIRED_COLUMNS: Final = ("patient_id", "lesion_id", "age", "region", "diagnostic", *SYMPTOMS,
-                           "img_id")
+REQUIRED_COLUMNS: Final = (
+    "patient_id",
+    "lesion_id",
+    "age",
+    "region",
+    "diagnostic",
+    *SYMPTOMS,
+    "img_id",
+)
 # The official release ships PNG; the shared copy JPEG under the same stem.
 IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
@@ -70,10 +78,14 @@ class Dataset:
     def clinical(self) -> np.ndarray:
         return np.stack([sample.clinical.to_vector() for sample in self.samples])
 
-    def subset(self, indices: list[int] | np.ndarray) -> Dataset:
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
         chosen = [self.samples[int(index)] for index in indices]
-        return Dataset(chosen, self.root, self.skipped_missing_image,
-                       Counter(sample.diagnostic for sample in chosen))
+        return Dataset(
+            chosen,
+            self.root,
+            self.skipped_missing_image,
+            Counter(sample.diagnostic for sample in chosen),
+        )
 
     def fingerprint(self) -> str:
         """sha256 over the image ids, labels and clinical vectors actually used.
@@ -97,15 +109,19 @@ def _symptom(value: str, column: str, row: int) -> bool | None:
         return False
     if text in {"UNK", ""}:
         return None
-    raise DataError(f"{METADATA_FILE} row {row}: column {column!r} is {value!r}; "
-                    "allowed are True, False, UNK or empty")
+    raise DataError(
+        f"{METADATA_FILE} row {row}: column {column!r} is {value!r}; "
+        "allowed are True, False, UNK or empty"
+    )
 
 
 def _clinical(record: dict[str, str], row: int) -> ClinicalInput:
     try:
         age = round(float(record["age"]))
     except ValueError:
-        raise DataError(f"{METADATA_FILE} row {row}: age {record['age']!r} is not a number") from None
+        raise DataError(
+            f"{METADATA_FILE} row {row}: age {record['age']!r} is not a number"
+        ) from None
     region = record["region"].strip().upper()
     return ClinicalInput(
         age=age,
@@ -133,14 +149,19 @@ def load_pad_ufes(root: Path) -> Dataset:
     metadata = root / METADATA_FILE
     images = root / IMAGES_FOLDER
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass the PAD-UFES-20 folder that "
-                        f"holds {METADATA_FILE} and {IMAGES_FOLDER}/")
+        raise DataError(
+            f"data folder {root} does not exist; pass the PAD-UFES-20 folder that "
+            f"holds {METADATA_FILE} and {IMAGES_FOLDER}/"
+        )
     if not metadata.is_file():
-        raise DataError(f"{metadata} does not exist; a PAD-UFES-20 folder holds {METADATA_FILE} "
-                        f"and {IMAGES_FOLDER}/")
+        raise DataError(
+            f"{metadata} does not exist; a PAD-UFES-20 folder holds {METADATA_FILE} "
+            f"and {IMAGES_FOLDER}/"
+        )
     if not images.is_dir():
-        raise DataError(f"{images} does not exist; the photos belong in {IMAGES_FOLDER}/ "
-                        f"beside {METADATA_FILE}")
+        raise DataError(
+            f"{images} does not exist; the photos belong in {IMAGES_FOLDER}/ beside {METADATA_FILE}"
+        )
 
     samples: list[Sample] = []
     skipped = 0
@@ -148,20 +169,30 @@ def load_pad_ufes(root: Path) -> Dataset:
         reader = csv.DictReader(handle)
         missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{metadata} lacks the column(s) {', '.join(missing)}; required are "
-                            f"{', '.join(REQUIRED_COLUMNS)}")
+            raise DataError(
+                f"{metadata} lacks the column(s) {', '.join(missing)}; required are "
+                f"{', '.join(REQUIRED_COLUMNS)}"
+            )
         for row, record in enumerate(reader, start=2):
             diagnostic = record["diagnostic"].strip().upper()
             if diagnostic not in DIAGNOSES:
-                raise DataError(f"{metadata} row {row}: diagnostic {record['diagnostic']!r} is "
-                                f"not one of {', '.join(DIAGNOSES)}")
+                raise DataError(
+                    f"{metadata} row {row}: diagnostic {record['diagnostic']!r} is "
+                    f"not one of {', '.join(DIAGNOSES)}"
+                )
             image_path = _find_image(images, record["img_id"])
             if image_path is None:
                 skipped += 1
                 continue
-            samples.append(Sample(image_path=image_path, patient_id=record["patient_id"],
-                                  lesion_id=record["lesion_id"], diagnostic=diagnostic,
-                                  clinical=_clinical(record, row)))
+            samples.append(
+                Sample(
+                    image_path=image_path,
+                    patient_id=record["patient_id"],
+                    lesion_id=record["lesion_id"],
+                    diagnostic=diagnostic,
+                    clinical=_clinical(record, row),
+                )
+            )
     if not samples:
         raise DataError(f"none of the {skipped} photos named in {metadata} is in {images}")
     # A stable order, whatever the order of the CSV rows: reproducible folds.

@@ -27,19 +27,22 @@ from sklearn.model_selection import StratifiedGroupKFold
 ThresholdMethod = Literal["recall", "fbeta"]
 
 
-def patient_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int,
-                  seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def patient_folds(
+    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds in which every patient's photos stay together."""
     n_groups = len(np.unique(groups))
     if n_groups < n_folds:
-        raise ValueError(f"{n_folds} folds need at least {n_folds} patients; the data has "
-                         f"{n_groups}")
+        raise ValueError(
+            f"{n_folds} folds need at least {n_folds} patients; the data has {n_groups}"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(train, test) for train, test in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float,
-                   betas: tuple[float, ...]) -> dict[str, float | list[list[int]]]:
+def binary_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, betas: tuple[float, ...]
+) -> dict[str, float | list[list[int]]]:
     """Cancer-vs-not metrics at `threshold` (probability >= threshold means suspicious)."""
     predicted = (probabilities >= threshold).astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
@@ -49,7 +52,8 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "specificity": float(tn / (tn + fp)) if tn + fp else 0.0,
         "precision": float(precision_score(labels, predicted, zero_division=0)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "roc_auc": float(roc_auc_score(labels, probabilities)) if len(set(labels)) == 2
+        "roc_auc": float(roc_auc_score(labels, probabilities))
+        if len(set(labels)) == 2
         else float("nan"),
     }
     for beta in betas:
@@ -71,8 +75,13 @@ class Threshold:
     description: str
 
 
-def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: ThresholdMethod,
-                     recall_target: float = 0.95, beta: float = 1.0) -> Threshold:
+def choose_threshold(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    method: ThresholdMethod,
+    recall_target: float = 0.95,
+    beta: float = 1.0,
+) -> Threshold:
     """The decision threshold: the highest one that reaches the recall target, or the F-beta best.
 
     For a recall target this is the probability of the k-th most suspicious
@@ -87,15 +96,21 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: Thre
             raise ValueError(f"recall_target must lie in (0, 1], got {recall_target}")
         k = max(1, math.ceil(recall_target * len(positives)))
         value = float(positives[k - 1])
-        return Threshold(value, "recall", f"highest threshold reaching recall >= {recall_target} "
-                                          "on out-of-fold predictions")
+        return Threshold(
+            value,
+            "recall",
+            f"highest threshold reaching recall >= {recall_target} on out-of-fold predictions",
+        )
     if method == "fbeta":
         candidates = np.unique(probabilities)
-        scores = [fbeta_score(labels, (probabilities >= c).astype(np.int64), beta=beta,
-                              zero_division=0) for c in candidates]
+        scores = [
+            fbeta_score(labels, (probabilities >= c).astype(np.int64), beta=beta, zero_division=0)
+            for c in candidates
+        ]
         value = float(candidates[int(np.argmax(scores))])
-        return Threshold(value, "fbeta", f"threshold maximising F{_beta_name(beta)} on "
-                                         "out-of-fold predictions")
+        return Threshold(
+            value, "fbeta", f"threshold maximising F{_beta_name(beta)} on out-of-fold predictions"
+        )
     raise ValueError(f"unknown threshold method {method!r}; choose 'recall' or 'fbeta'")
 
 

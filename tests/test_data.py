@@ -1,0 +1,113 @@
+"""The PAD-UFES-20 loader: the real shared copy, the official PNG layout, and bad folders."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinscreen.trainer.data import DataError, load_pad_ufes
+
+pytestmark = pytest.mark.data
+
+
+def test_shared_copy_loads_with_missing_photos_counted(pad_ufes_dir: Path) -> None:
+    dataset = load_pad_ufes(pad_ufes_dir)
+    assert len(dataset) == 951
+    assert dataset.skipped_missing_image == 2298 - 951
+    assert dict(dataset.diagnoses) == {
+        "BCC": 312,
+        "ACK": 242,
+        "NEV": 171,
+        "SEK": 130,
+        "SCC": 60,
+        "MEL": 36,
+    }
+    assert int(dataset.labels.sum()) == 312 + 60 + 36
+    assert dataset.clinical.shape == (951, 22)
+    assert len(set(dataset.groups)) == 715
+
+
+def _official_layout(source: Path, target: Path, rows: int) -> list[dict[str, str]]:
+    """A small copy in the official release's layout: PNG photos under the CSV's img_id."""
+    (target / "images").mkdir(parents=True)
+    with (source / "metadata.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames = list(reader.fieldnames or [])
+        records = [
+            record
+            for record in reader
+            if (source / "images" / (Path(record["img_id"]).stem + ".jpg")).is_file()
+        ]
+    chosen = records[:rows]
+    for record in chosen:
+        with Image.open(source / "images" / (Path(record["img_id"]).stem + ".jpg")) as image:
+            image.save(target / "images" / record["img_id"])
+    with (target / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(chosen)
+    return chosen
+
+
+def test_official_png_layout_loads_unchanged(pad_ufes_dir: Path, tmp_path: Path) -> None:
+    chosen = _official_layout(pad_ufes_dir, tmp_path, rows=6)
+    dataset = load_pad_ufes(tmp_path)
+    assert len(dataset) == 6
+    assert dataset.skipped_missing_image == 0
+    assert {sample.image_path.suffix for sample in dataset.samples} == {".png"}
+    assert {sample.image_path.name for sample in dataset.samples} == {r["img_id"] for r in chosen}
+
+
+def test_leaking_columns_are_never_inputs(pad_ufes_dir: Path, tmp_path: Path) -> None:
+    _official_layout(pad_ufes_dir, tmp_path, rows=6)
+    before = load_pad_ufes(tmp_path).clinical
+    metadata = tmp_path / "metadata.csv"
+    with metadata.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames = list(reader.fieldnames or [])
+        rows = list(reader)
+    for row in rows:
+        row["biopsed"] = "True" if row["biopsed"] == "False" else "False"
+    with metadata.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    np.testing.assert_array_equal(load_pad_ufes(tmp_path).clinical, before)
+
+
+def test_missing_folder_says_what_is_expected(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"does not exist; pass the PAD-UFES-20 folder"):
+        load_pad_ufes(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"metadata.csv does not exist"):
+        load_pad_ufes(tmp_path)
+
+
+def test_missing_columns_are_named(pad_ufes_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "metadata.csv").write_text("patient_id,lesion_id,age,img_id\nPAT_1,1,50,a.png\n")
+    with pytest.raises(DataError) as raised:
+        load_pad_ufes(tmp_path)
+    message = str(raised.value)
+    assert "lacks the column(s) region, diagnostic, itch" in message
+    assert "required are patient_id" in message
+
+
+def test_bad_symptom_value_names_row_and_column(pad_ufes_dir: Path, tmp_path: Path) -> None:
+    shutil.copytree(
+        pad_ufes_dir / "images",
+        tmp_path / "images",
+        ignore=lambda _, names: [n for n in names if not n.startswith("PAT_46_881")],
+    )
+    header = (pad_ufes_dir / "metadata.csv").read_text().splitlines()[0]
+    row = (
+        "PAT_46,881,False,False,POMERANIA,POMERANIA,55,False,FEMALE,True,True,True,True,3.0,"
+        "NECK,6.0,5.0,BCC,maybe,True,False,True,True,True,PAT_46_881_939.png,True"
+    )
+    (tmp_path / "metadata.csv").write_text(header + "\n" + row + "\n")
+    with pytest.raises(DataError, match=r"row 2: column 'itch' is 'maybe'; allowed are True"):
+        load_pad_ufes(tmp_path)

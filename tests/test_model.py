@@ -1,0 +1,99 @@
+"""The fusion model: N_FI, backbones, the served graph, and bad model settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skinscreen.trainer.model import (
+    BACKBONES,
+    EfficientNetLite0,
+    ModelSpec,
+    build_backbone,
+    build_model,
+    load_checkpoint,
+    n_image_features,
+    save_checkpoint,
+)
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"), [(0.1, 198), (0.2, 88), (0.3, 51), (0.4, 33), (0.5, 22)]
+)
+def test_n_image_features_follows_the_paper(share: float, expected: int) -> None:
+    assert n_image_features(share) == expected
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.2, 1.5])
+def test_clinical_share_outside_zero_one_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match=r"strictly between 0 and 1"):
+        ModelSpec(clinical_share=share)
+
+
+def test_unknown_backbone_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match="efficientnet-lite0, resnet50, simple-cnn"):
+        ModelSpec(backbone="vgg16")
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        build_backbone("vgg16")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("use_clinical", [True, False])
+def test_screening_model_contract(backbone: str, use_clinical: bool) -> None:
+    spec = ModelSpec(backbone=backbone, image_size=64, use_clinical=use_clinical)
+    model = build_model(spec, pretrained=False).eval()
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    clinical = torch.rand(3, 22)
+    with torch.inference_mode():
+        probability = model(images, clinical)
+        features = model.backbone(model.pixels_to_input(images))
+        trunk_then_top = model.backbone.top(model.backbone.trunk(model.pixels_to_input(images)))
+        fused = model.head.fuse(features, clinical)
+    assert probability.shape == (3,)
+    assert probability.dtype == torch.float32
+    assert ((probability >= 0) & (probability <= 1)).all()
+    torch.testing.assert_close(features, trunk_then_top)
+    assert fused.shape == (3, spec.n_image_features + (22 if use_clinical else 0))
+
+
+def test_image_only_model_ignores_clinical_values() -> None:
+    model = build_model(
+        ModelSpec(backbone="simple-cnn", image_size=64, use_clinical=False), pretrained=False
+    ).eval()
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            model(images, torch.zeros(2, 22)), model(images, torch.ones(2, 22) * 50)
+        )
+
+
+def test_lite0_imagenet_weights_load_completely() -> None:
+    pretrained = EfficientNetLite0()
+    pretrained.load_imagenet_weights()  # strict: every tensor of the checkpoint has a home
+    fresh = EfficientNetLite0()
+    assert not torch.equal(pretrained._conv_stem.weight, fresh._conv_stem.weight)
+    # The checkpoint's batch-norm statistics are real ImageNet ones, not defaults.
+    running_var = pretrained._bn1.running_var
+    assert running_var is not None
+    assert not torch.allclose(running_var, torch.ones(1280))
+
+
+def test_same_padding_keeps_tensorflow_geometry() -> None:
+    model = EfficientNetLite0().eval()
+    with torch.inference_mode():
+        trunk = model.trunk(torch.zeros(1, 3, 224, 224))
+    assert trunk.shape == (1, 320, 7, 7)
+
+
+def test_checkpoint_describes_itself(tmp_path) -> None:
+    spec = ModelSpec(backbone="simple-cnn", image_size=64, clinical_share=0.5)
+    model = build_model(spec, pretrained=False).eval()
+    model.head.set_clinical_statistics(torch.rand(10, 22) * 80)
+    save_checkpoint(model, tmp_path / "checkpoint.pt", extra={"threshold": 0.3})
+    loaded, extra = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded.spec == spec
+    assert extra == {"threshold": 0.3}
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    clinical = torch.rand(2, 22)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(images, clinical), model(images, clinical))

@@ -1,0 +1,199 @@
+"""The trainer through its command line: a real smoke run on real photos, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from skinscreen.core.card import MODEL_FILE, ModelIntegrityError, verified_model
+from skinscreen.trainer.cli import main
+from skinscreen.trainer.data import load_pad_ufes
+from skinscreen.trainer.model import load_checkpoint
+from skinscreen.trainer.training import load_images
+
+
+@pytest.fixture(scope="module")
+def smoke_run(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real, small run: 60 real photos, 5 patient-grouped folds, export, publish."""
+    root = tmp_path_factory.mktemp("smoke")
+    code = main(
+        [
+            "train",
+            "--data",
+            str(pad_ufes_dir),
+            "--max-samples",
+            "60",
+            "--epochs",
+            "3",
+            "--views",
+            "2",
+            "--runs",
+            str(root / "runs"),
+            "--store",
+            str(root / "store"),
+        ]
+    )
+    assert code == 0
+    (run_dir,) = (root / "runs").iterdir()
+    (published,) = (root / "store" / "skinscreen-fusion").iterdir()
+    return {"root": root, "run": run_dir, "published": published}
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_smoke_run_writes_a_complete_run_folder(smoke_run: dict[str, Path]) -> None:
+    run_dir = smoke_run["run"]
+    for name in (
+        "config.json",
+        "report.json",
+        "report.md",
+        "roc.png",
+        "confusion_matrix.png",
+        "checkpoint.pt",
+        "model.onnx",
+        "card.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["data"]["photos"] == 60
+    assert report["data"]["skipped_missing_image"] == 2298 - 951
+    assert len(report["cross_validation"]["per_fold"]) == 5
+    for key in (
+        "balanced_accuracy",
+        "recall",
+        "specificity",
+        "precision",
+        "accuracy",
+        "roc_auc",
+        "f1",
+        "f3",
+        "f5",
+        "f7",
+        "f10",
+    ):
+        assert key in report["cross_validation"]["summary"]
+    assert report["onnx_parity_max_abs_difference"] <= 1e-4
+    assert json.loads((run_dir / "config.json").read_text())["max_samples"] == 60
+    assert "Cross-validation (5 folds, grouped by patient)" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_published_model_honours_the_onnx_contract(
+    smoke_run: dict[str, Path], pad_ufes_dir: Path
+) -> None:
+    model_path, card = verified_model(smoke_run["published"])
+    assert card.input_size == 224
+    assert card.n_image_features == 51
+    assert card.folds == 5
+    assert card.decision_threshold.method == "recall"
+    assert card.data_fingerprint.startswith("sha256:")
+    assert set(card.cross_validation) >= {"roc_auc", "recall", "balanced_accuracy"}
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
+    assert inputs["image"][0] == "tensor(uint8)"
+    assert inputs["image"][1][1:] == [224, 224, 3]
+    assert inputs["clinical"] == ("tensor(float)", [inputs["clinical"][1][0], 22])
+    (output,) = session.get_outputs()
+    assert output.name == "cancer_probability"
+    assert len(output.shape) == 1
+
+    # Real photos through the shared preprocessing, batch sizes 1 and 5: ONNX agrees with
+    # the PyTorch checkpoint of the same run.
+    dataset = load_pad_ufes(pad_ufes_dir).subset(range(5))
+    images = load_images(dataset, 224).numpy()
+    clinical = dataset.clinical
+    served = session.run(None, {"image": images, "clinical": clinical})[0]
+    single = session.run(None, {"image": images[:1], "clinical": clinical[:1]})[0]
+    model, _ = load_checkpoint(smoke_run["run"] / "checkpoint.pt")
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(images), torch.from_numpy(clinical)).numpy()
+    np.testing.assert_allclose(served, reference, atol=1e-4)
+    np.testing.assert_allclose(single, served[:1], atol=1e-5)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_published_versions_are_immutable_and_checked(
+    smoke_run: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = smoke_run["root"] / "store"
+    code = main(["publish", "--run", str(smoke_run["run"]), "--store", str(store)])
+    assert code == 2
+    assert "already published" in capsys.readouterr().err
+
+    tampered = smoke_run["root"] / "tampered"
+    tampered.mkdir()
+    for name in ("card.json", MODEL_FILE):
+        (tampered / name).write_bytes((smoke_run["published"] / name).read_bytes())
+    with (tampered / MODEL_FILE).open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="changed or damaged after publishing"):
+        verified_model(tampered)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_export_command_reproduces_the_run(
+    smoke_run: dict[str, Path], pad_ufes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = smoke_run["root"] / "again.onnx"
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            str(smoke_run["run"] / "checkpoint.pt"),
+            "--data",
+            str(pad_ufes_dir),
+            "--output",
+            str(output),
+        ]
+    )
+    assert code == 0
+    assert "max |ONNX Runtime - PyTorch|" in capsys.readouterr().out
+    assert output.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--data", "{missing}"], "does not exist; pass the PAD-UFES-20 folder"),
+        (
+            ["--clinical-share", "1.5"],
+            "--clinical-share: Input should be less than 1 (given '1.5')",
+        ),
+        (["--clinical-share", "0"], "--clinical-share: Input should be greater than 0"),
+        (["--epochs", "0"], "--epochs: Input should be greater than or equal to 1"),
+        (["--resnet-weights", "/nonexistent.pt"], "resnet_weights is only for backbone"),
+    ],
+)
+def test_bad_training_input_is_refused_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    data = str(tmp_path / "no-such-folder")
+    arguments = [argument.replace("{missing}", data) for argument in arguments]
+    if "--data" not in arguments:
+        arguments = ["--data", data, *arguments]
+    code = main(
+        ["train", *arguments, "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store")]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "store").exists()
+
+
+def test_unknown_backbone_lists_the_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["train", "--data", str(tmp_path), "--backbone", "vgg16"])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice: 'vgg16'" in error
+    assert "'efficientnet-lite0', 'resnet50', 'simple-cnn'" in error
