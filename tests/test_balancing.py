@@ -21,9 +21,12 @@ def test_class_weights_are_n_over_n_i() -> None:
     torch.testing.assert_close(weights, torch.tensor([40 / 30, 40 / 10]))
 
 
-def test_class_weights_refuse_a_missing_class() -> None:
-    with pytest.raises(ValueError, match="no training example"):
-        class_weights(np.zeros(5, dtype=np.int64))
+def test_class_weights_over_six_diagnoses_and_an_absent_class() -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [3] * 3)
+    weights = class_weights(labels, n_classes=6)
+    torch.testing.assert_close(weights, torch.tensor([2.0, 4.0, 0.0, 4.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="without any training example"):
+        class_weights(np.zeros(0, dtype=np.int64))
 
 
 def test_de_plan_balances_classes_from_same_class_parents() -> None:

@@ -18,12 +18,16 @@ ALPHA_RANGE = (-0.5, 0.5)
 
 
 def class_weights(labels: np.ndarray, n_classes: int = 2) -> torch.Tensor:
-    """W_i = N / n_i, the weight of class i in the cross-entropy."""
-    counts = np.bincount(labels, minlength=n_classes)
-    if (counts == 0).any():
-        missing = [index for index, count in enumerate(counts) if count == 0]
-        raise ValueError(f"cannot weight classes {missing}: no training example of them")
-    return torch.tensor(len(labels) / counts, dtype=torch.float32)
+    """W_i = N / n_i, the weight of class i in the cross-entropy.
+
+    A class without any training example (a rare diagnosis in a small subset)
+    gets weight 0: it never appears in the loss anyway.
+    """
+    if len(labels) == 0:
+        raise ValueError("cannot weight classes without any training example")
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.divide(len(labels), counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ class TrainConfig(BaseModel):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 224
     clinical_share: Annotated[float, Field(gt=0.0, lt=1.0, description="lambda")] = 0.3
     use_clinical: bool = True
+    target: Literal["diagnosis", "cancer"] = Field(
+        "diagnosis",
+        description="diagnosis: learn the six diagnoses, cancer probability = P(BCC+MEL+SCC); "
+        "cancer: two classes, as in the paper.",
+    )
     hidden_units: Annotated[int, Field(ge=1)] = 64
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
 
@@ -82,6 +87,7 @@ class TrainConfig(BaseModel):
             image_size=self.image_size,
             clinical_share=self.clinical_share,
             use_clinical=self.use_clinical,
+            target=self.target,
             hidden_units=self.hidden_units,
             dropout=self.dropout,
         )

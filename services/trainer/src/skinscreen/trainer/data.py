@@ -71,6 +71,13 @@ class Dataset:
         return np.array([sample.label for sample in self.samples], dtype=np.int64)
 
     @property
+    def diagnosis_indices(self) -> np.ndarray:
+        """Position of each photo's diagnosis in DIAGNOSES."""
+        return np.array(
+            [DIAGNOSES.index(sample.diagnostic) for sample in self.samples], dtype=np.int64
+        )
+
+    @property
     def groups(self) -> np.ndarray:
         return np.array([sample.patient_id for sample in self.samples])
 

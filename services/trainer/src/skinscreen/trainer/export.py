@@ -8,6 +8,8 @@ inputs to 1e-4, or export fails.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +31,37 @@ class ExportError(RuntimeError):
     """The exported graph failed a check; nothing was published."""
 
 
+def trace_to_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> None:
+    """Export with a dynamic batch dimension (the first) on every input and output.
+
+    The TorchScript exporter is used: it handles this graph in one pass without
+    extra dependencies. Spatial sizes are fixed by the model contract, so its
+    warnings about shapes traced as constants (TF "SAME" padding) are expected
+    and silenced here; the parity check below is what proves the graph right.
+    """
+    dynamic = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
 def export_onnx(
     model: ScreeningModel, path: Path, images: np.ndarray, clinical: np.ndarray
 ) -> float:
@@ -48,16 +81,7 @@ def export_onnx(
         raise ExportError(f"parity clinical must be [N, {N_CLINICAL}], got {list(clinical.shape)}")
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
-    torch.onnx.export(
-        model,
-        example,
-        str(path),
-        input_names=list(INPUT_NAMES),
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={"image": {0: "batch"}, "clinical": {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    trace_to_onnx(model, example, path, INPUT_NAMES, [OUTPUT_NAME])
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     served = session.run([OUTPUT_NAME], {"image": images, "clinical": clinical})[0]

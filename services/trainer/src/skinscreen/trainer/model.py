@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinscreen.core.clinical import N_CLINICAL
+from skinscreen.trainer.data import CANCER_DIAGNOSES, DIAGNOSES
 
 BACKBONES: Final = ("efficientnet-lite0", "resnet50", "simple-cnn")
+TARGETS: Final = ("diagnosis", "cancer")
 
 # What each backbone's weights expect of an RGB pixel scaled to [0, 1].
 # EfficientNet-Lite was trained on (x - 127) / 128 (TF "lite" preprocessing);
@@ -339,12 +341,18 @@ class ModelSpec:
     use_clinical: bool = True
     hidden_units: int = 64
     dropout: float = 0.3
+    # "diagnosis": the classifier learns the six PAD-UFES-20 diagnoses and the
+    # cancer probability is the sum over BCC, MEL and SCC, a finer signal than
+    # cancer/not alone; "cancer": two classes, as in the fusion paper.
+    target: str = "diagnosis"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(
                 f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
             )
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         n_image_features(self.clinical_share)  # validates lambda
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
@@ -352,6 +360,16 @@ class ModelSpec:
     @property
     def n_image_features(self) -> int:
         return n_image_features(self.clinical_share)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return DIAGNOSES if self.target == "diagnosis" else ("not cancer", "cancer")
+
+    @property
+    def cancer_classes(self) -> tuple[bool, ...]:
+        if self.target == "diagnosis":
+            return tuple(diagnosis in CANCER_DIAGNOSES for diagnosis in DIAGNOSES)
+        return (False, True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -366,7 +384,7 @@ def backbone_feature_dim(name: str) -> int:
 
 
 class FusionHead(nn.Module):
-    """Image features -> N_FI -> (+ 22 clinical values) -> classifier -> 2 logits.
+    """Image features -> N_FI -> (+ 22 clinical values) -> classifier -> class logits.
 
     The raw clinical vector is standardised here (age in years is not on the
     scale of one-hot values); the statistics are buffers set from the training
@@ -387,7 +405,7 @@ class FusionHead(nn.Module):
             nn.Linear(fused, spec.hidden_units),
             nn.ReLU(),
             nn.Dropout(spec.dropout),
-            nn.Linear(spec.hidden_units, 2),
+            nn.Linear(spec.hidden_units, len(spec.classes)),
         )
         self.clinical_mean: torch.Tensor
         self.clinical_std: torch.Tensor
@@ -423,6 +441,8 @@ class ScreeningModel(nn.Module):
         self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+        self.cancer_mask: torch.Tensor
+        self.register_buffer("cancer_mask", torch.tensor(spec.cancer_classes, dtype=torch.float32))
 
     def pixels_to_input(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW, the backbone's input."""
@@ -432,8 +452,12 @@ class ScreeningModel(nn.Module):
     def logits(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.pixels_to_input(image)), clinical)
 
+    def cancer_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sum of the probabilities of the cancer classes: [N, classes] -> [N]."""
+        return (torch.softmax(logits, dim=1) * self.cancer_mask).sum(dim=1)
+
     def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(image, clinical), dim=1)[:, 1]
+        return self.cancer_probability(self.logits(image, clinical))
 
 
 def build_model(

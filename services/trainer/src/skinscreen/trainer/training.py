@@ -29,6 +29,7 @@ from skinscreen.trainer.augment import augment
 from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.data import Dataset
+from skinscreen.trainer.export import trace_to_onnx
 from skinscreen.trainer.model import ScreeningModel, build_model
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,7 @@ class TrunkRunner:
                 example = torch.zeros(
                     2, model.spec.image_size, model.spec.image_size, 3, dtype=torch.uint8
                 )
-                torch.onnx.export(
-                    self.trunk,
-                    (example,),
-                    str(path),
-                    input_names=["image"],
-                    output_names=["trunk"],
-                    dynamic_axes={"image": {0: "batch"}},
-                    opset_version=17,
-                    dynamo=False,
-                )
+                trace_to_onnx(self.trunk, (example,), path, ["image"], ["trunk"])
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = torch.get_num_threads()
                 self.session = ort.InferenceSession(
@@ -151,12 +143,12 @@ class FoldInputs:
     """The training rows of one fit: cached trunk maps (cached mode) or photos (full mode)."""
 
     clinical: torch.Tensor
-    labels: torch.Tensor
+    targets: torch.Tensor  # class index per row: diagnosis or cancer/not, per the model's target
     trunk_views: torch.Tensor | None = None
     images: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
 
 class Trainer:
@@ -173,7 +165,9 @@ class Trainer:
         self.dataset = dataset
         self.images = images
         self.clinical = torch.from_numpy(dataset.clinical)
-        self.labels = torch.from_numpy(dataset.labels)
+        self.targets = torch.from_numpy(
+            dataset.diagnosis_indices if config.target == "diagnosis" else dataset.labels
+        )
         self.device = resolve_device(config.device)
         self.progress = progress
         self.template = build_model(
@@ -201,7 +195,7 @@ class Trainer:
     def inputs(self, indices: np.ndarray, seed: int) -> FoldInputs:
         """The training rows `indices`, with DE mutants added when that balancing is chosen."""
         index = torch.from_numpy(indices)
-        inputs = FoldInputs(clinical=self.clinical[index], labels=self.labels[index])
+        inputs = FoldInputs(clinical=self.clinical[index], targets=self.targets[index])
         if self.config.mode == "cached":
             assert self.trunk_views is not None
             inputs.trunk_views = self.trunk_views[:, index]
@@ -212,12 +206,12 @@ class Trainer:
         return inputs
 
     def _add_mutants(self, inputs: FoldInputs, indices: np.ndarray, seed: int) -> None:
-        mutants = plan_de_mutation(inputs.labels.numpy(), np.random.default_rng(seed))
-        images, clinical, labels = apply_de_mutation(
+        mutants = plan_de_mutation(inputs.targets.numpy(), np.random.default_rng(seed))
+        images, clinical, targets = apply_de_mutation(
             self.images[torch.from_numpy(indices)], inputs.clinical, mutants
         )
         inputs.clinical = torch.cat([inputs.clinical, clinical])
-        inputs.labels = torch.cat([inputs.labels, labels])
+        inputs.targets = torch.cat([inputs.targets, targets])
         if inputs.images is not None:
             inputs.images = torch.cat([inputs.images, images])
         if inputs.trunk_views is not None:
@@ -240,7 +234,7 @@ class Trainer:
         optimizer = self._optimizer(trainable)
         scheduler = self._scheduler(optimizer)
         if self.config.balancing == "weighted":
-            weights = class_weights(inputs.labels.numpy()).to(self.device)
+            weights = class_weights(inputs.targets.numpy(), len(model.spec.classes)).to(self.device)
         else:
             weights = None
         loss_fn = nn.CrossEntropyLoss(weight=weights)
@@ -248,9 +242,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         for _ in tqdm(range(self.config.epochs), desc=desc, unit="epoch", leave=False):
             self._train_mode(model)
-            for features, clinical, labels in self._batches(model, inputs, generator):
+            for features, clinical, targets in self._batches(model, inputs, generator):
                 loss = loss_fn(
-                    model.head(features, clinical.to(self.device)), labels.to(self.device)
+                    model.head(features, clinical.to(self.device)), targets.to(self.device)
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -311,7 +305,7 @@ class Trainer:
                 assert inputs.images is not None
                 pixels = augment(inputs.images[batch], generator).to(self.device)
                 features = model.backbone(model.pixels_to_input(pixels))
-            yield features, inputs.clinical[batch], inputs.labels[batch]
+            yield features, inputs.clinical[batch], inputs.targets[batch]
 
     def predict(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
         """Cancer probabilities of the rows `indices`, on the clean (un-augmented) photos."""
@@ -329,6 +323,6 @@ class Trainer:
                 else:
                     pixels = self.images[rows].to(self.device)
                     features = model.backbone(model.pixels_to_input(pixels))
-                outputs.append(torch.softmax(model.head(features, clinical), dim=1)[:, 1].cpu())
+                outputs.append(model.cancer_probability(model.head(features, clinical)).cpu())
         model.cpu()
         return torch.cat(outputs).numpy()
