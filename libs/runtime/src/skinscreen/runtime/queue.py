@@ -1,0 +1,63 @@
+"""The queue contract between gateway and inference: task name, queue, message, Celery config.
+
+Both services import it, so a message the gateway sends is the one the worker
+reads. `ScreeningTask` is the message `proto/skinscreen/v1/screening.proto`
+describes; tests/serving/test_queue_contract.py pins that they agree.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from uuid import UUID
+
+from celery import Celery
+from kombu import Queue
+from pydantic import BaseModel, ConfigDict
+
+from skinscreen.core.clinical import ClinicalInput
+
+TASK_NAME: Final = "skinscreen.screen"
+QUEUE: Final = "screenings"
+
+
+class ScreeningTask(BaseModel):
+    """One queued screening: everything the worker needs besides the image bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    screening_id: UUID
+    image_key: str
+    clinical: ClinicalInput
+
+
+class CeleryConfig:
+    """Celery settings, all under the CELERY_ namespace (`config_from_object(namespace=...)`)."""
+
+    def __init__(self, redis_url: str, visibility_timeout_s: int) -> None:
+        self.CELERY_BROKER_URL = redis_url
+        self.CELERY_RESULT_BACKEND = redis_url
+        # Results live in PostgreSQL; Redis holds only what can be lost.
+        self.CELERY_TASK_IGNORE_RESULT = True
+        self.CELERY_TASK_QUEUES = (Queue(QUEUE, routing_key=QUEUE),)
+        self.CELERY_TASK_DEFAULT_QUEUE = QUEUE
+        self.CELERY_TASK_ROUTES = {TASK_NAME: {"queue": QUEUE}}
+        self.CELERY_TASK_CREATE_MISSING_QUEUES = False
+        # Acknowledge after the result is in PostgreSQL: a killed worker's tasks come back.
+        self.CELERY_TASK_ACKS_LATE = True
+        self.CELERY_TASK_REJECT_ON_WORKER_LOST = True
+        self.CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+        self.CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+        # A killed worker's unacknowledged tasks return after the visibility timeout; sweep for
+        # them ten times per timeout instead of kombu's default of every 100 s.
+        self.CELERY_BROKER_TRANSPORT_OPTIONS = {
+            "visibility_timeout": visibility_timeout_s,
+            "unacked_restore_interval": max(1, visibility_timeout_s // 10),
+            "unacked_restore_throttle": 1,
+        }
+        self.CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+
+def make_celery(name: str, redis_url: str, visibility_timeout_s: int) -> Celery:
+    app = Celery(name)
+    app.config_from_object(CeleryConfig(redis_url, visibility_timeout_s), namespace="CELERY")
+    return app

@@ -1,0 +1,29 @@
+"""Settings that gateway and inference must agree on, read from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SharedSettings(BaseSettings):
+    """The servers, folders and model both services use; each service's settings extend it.
+
+    The two server URLs have no default on purpose.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    DATABASE_URL: str = Field(description="PostgreSQL URL (asyncpg form).")
+    REDIS_URL: str = Field(description="Redis URL: the Celery broker and result backend.")
+    BLOB_DIR: Path = Field(Path("var/blobs"), description="Where original uploads are kept.")
+    MODEL_STORE: Path = Field(Path("models"), description="Published models: <store>/<name>/<v>/.")
+    MODEL_NAME: str = "skinscreen-fusion"
+    CELERY_VISIBILITY_TIMEOUT_S: int = Field(
+        300,
+        gt=0,
+        description="Seconds before Redis hands an unacknowledged task (its worker died) to "
+        "another worker; longer than any batch can take.",
+    )

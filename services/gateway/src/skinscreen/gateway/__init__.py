@@ -1,0 +1,1 @@
+"""skinscreen gateway: the REST API that validates, stores and queues screenings."""

@@ -1,0 +1,77 @@
+"""The gateway's FastAPI app: `uvicorn --factory skinscreen.gateway.main:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from skinscreen.runtime.blobs import BlobStore
+from skinscreen.runtime.database import create_pool
+from skinscreen.runtime.queue import make_celery
+
+from .deps import Services
+from .notifications import FinishedScreenings
+from .routes import health, screenings
+from .settings import Settings, get_settings
+
+# Room for the multipart framing and the clinical JSON around the image itself.
+FORM_OVERHEAD_BYTES: Final = 64 * 1024
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    pool = await create_pool(settings.DATABASE_URL, max_size=settings.DB_POOL_SIZE)
+    finished = FinishedScreenings()
+    await finished.start(settings.DATABASE_URL)
+    redis = Redis.from_url(settings.REDIS_URL)
+    celery = make_celery(
+        "skinscreen-gateway", settings.REDIS_URL, settings.CELERY_VISIBILITY_TIMEOUT_S
+    )
+    app.state.services = Services(
+        settings=settings,
+        pool=pool,
+        celery=celery,
+        redis=redis,
+        blobs=BlobStore(settings.BLOB_DIR),
+        finished=finished,
+    )
+    try:
+        yield
+    finally:
+        await finished.stop()
+        await pool.close()
+        await redis.aclose()
+        celery.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="skinscreen",
+        summary="Skin-cancer screening from a phone photo and 22 clinical variables.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    upload_limit = settings.MAX_UPLOAD_BYTES
+
+    async def too_large_or_default(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        # Starlette's body limit stops reading at the limit and says only "Content Too Large".
+        if exc.status_code == 413 and exc.detail == "Content Too Large":
+            detail = f"request body too large: the image may be at most {upload_limit} bytes"
+            return JSONResponse({"detail": detail}, status_code=413)
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, too_large_or_default)
+    app.include_router(health.router)
+    app.include_router(screenings.router, max_body_size=upload_limit + FORM_OVERHEAD_BYTES)
+    return app

@@ -1,0 +1,272 @@
+"""/v1/screenings: submit a photo with its clinical answers, read results, list them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Final
+from uuid import UUID, uuid4
+
+import asyncpg
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from skinscreen.core.clinical import ClinicalInput
+from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask
+
+from ..deps import ServicesDep
+from ..errors import OBJECT_DESCRIPTION, clinical_errors
+from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
+from ..schemas import (
+    TERMINAL,
+    FieldError,
+    Links,
+    Problem,
+    Screening,
+    ScreeningAccepted,
+    ScreeningPage,
+    ScreeningResult,
+    ScreeningStatus,
+    ValidationProblem,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX: Final = "/v1/screenings"
+FORM_FIELDS: Final = frozenset({"image", "clinical"})
+COLUMNS: Final = (
+    "id, status, clinical, created_at, updated_at, completed_at, cancer_probability,"
+    " suspicious, threshold, model_version, failure_reason"
+)
+
+router = APIRouter(prefix=PREFIX, tags=["screenings"])
+
+
+def _link(screening_id: UUID) -> Links:
+    return Links(self=f"{PREFIX}/{screening_id}")
+
+
+def _screening(row: asyncpg.Record) -> Screening:
+    result = None
+    if row["status"] == ScreeningStatus.DONE:
+        result = ScreeningResult(
+            cancer_probability=row["cancer_probability"],
+            suspicious=row["suspicious"],
+            threshold=row["threshold"],
+            model_version=row["model_version"],
+        )
+    return Screening(
+        id=row["id"],
+        status=row["status"],
+        clinical=ClinicalInput.model_validate(row["clinical"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+        result=result,
+        failure_reason=row["failure_reason"],
+        links=_link(row["id"]),
+    )
+
+
+def _unprocessable(problems: list[FieldError]) -> HTTPException:
+    return HTTPException(422, detail=[problem.model_dump() for problem in problems])
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ScreeningAccepted,
+    summary="Submit a lesion photo and the clinical answers for screening",
+    responses={
+        202: {"description": "Accepted and queued; the Location header says where to read it."},
+        413: {"model": Problem, "description": "Over the upload size or pixel limit."},
+        415: {"model": Problem, "description": f"Not an image; allowed: {ALLOWED_DESCRIPTION}."},
+        422: {
+            "model": ValidationProblem,
+            "description": "One entry per bad clinical field or form part, or a corrupt image.",
+        },
+        503: {"model": Problem, "description": "The queue could not take the screening."},
+    },
+)
+async def create_screening(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    image: Annotated[
+        UploadFile,
+        File(description=f"The lesion photo: {ALLOWED_DESCRIPTION}; EXIF orientation is applied."),
+    ],
+    clinical: Annotated[
+        str,
+        Form(
+            description=f"The clinical answers: {OBJECT_DESCRIPTION}.",
+            examples=[
+                '{"age": 62, "region": "FACE", "itch": true, "grew": null, "hurt": false,'
+                ' "changed": false, "bleed": true, "elevation": true}'
+            ],
+        ),
+    ],
+) -> ScreeningAccepted:
+    settings = services.settings
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["body", name],
+                    msg=f"unknown form part {name!r}; allowed parts: image, clinical",
+                    type="extra_forbidden",
+                )
+                for name in unknown
+            ]
+        )
+    try:
+        # Strict: "yes" or 1 is not a symptom answer; only true, false or null are.
+        clinical_input = ClinicalInput.model_validate_json(clinical, strict=True)
+    except ValidationError as exc:
+        raise _unprocessable(clinical_errors(exc)) from exc
+
+    data = await image.read()
+    if len(data) > settings.MAX_UPLOAD_BYTES:
+        raise HTTPException(
+            413, f"image: {len(data)} bytes; at most {settings.MAX_UPLOAD_BYTES} allowed"
+        )
+    try:
+        checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
+    except RejectedImageError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+    screening_id = uuid4()
+    key = services.blobs.key_for(screening_id, checked.extension)
+    await run_in_threadpool(services.blobs.put, key, data)
+    try:
+        await services.pool.execute(
+            "INSERT INTO screenings (id, clinical, image_key, image_format, image_bytes,"
+            " image_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+            screening_id,
+            clinical_input.model_dump(mode="json"),
+            key,
+            checked.format,
+            len(data),
+            hashlib.sha256(data).hexdigest(),
+        )
+    except BaseException:
+        services.blobs.delete(key)
+        raise
+    task = ScreeningTask(screening_id=screening_id, image_key=key, clinical=clinical_input)
+    try:
+        await run_in_threadpool(
+            services.celery.send_task,
+            TASK_NAME,
+            args=[task.model_dump(mode="json")],
+            queue=QUEUE,
+        )
+    except Exception as exc:
+        # Not queued means not accepted: leave nothing behind that no worker will ever finish.
+        logger.exception("could not enqueue screening %s", screening_id)
+        await services.pool.execute("DELETE FROM screenings WHERE id = $1", screening_id)
+        services.blobs.delete(key)
+        raise HTTPException(503, "the screening queue is unavailable; try again later") from exc
+
+    links = _link(screening_id)
+    response.headers["Location"] = links.self
+    return ScreeningAccepted(id=screening_id, status=ScreeningStatus.QUEUED, links=links)
+
+
+@router.get(
+    "/{screening_id}",
+    response_model=Screening,
+    summary="Read a screening; with ?wait=N, hold until it finishes or N seconds pass",
+    responses={404: {"model": Problem, "description": "No screening with this id."}},
+)
+async def read_screening(
+    screening_id: UUID,
+    services: ServicesDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=30,
+            description="Seconds to hold the request until the screening is done or failed.",
+        ),
+    ] = 0,
+) -> Screening:
+    async def fetch() -> asyncpg.Record:
+        row = await services.pool.fetchrow(
+            f"SELECT {COLUMNS} FROM screenings WHERE id = $1", screening_id
+        )
+        if row is None:
+            raise HTTPException(404, f"no screening with id {screening_id}")
+        return row
+
+    if wait <= 0:
+        return _screening(await fetch())
+    # Subscribe before reading, so a result written in between still wakes us.
+    async with services.finished.watch(screening_id) as finished:
+        row = await fetch()
+        if row["status"] in TERMINAL:
+            return _screening(row)
+        try:
+            await asyncio.wait_for(finished.wait(), timeout=min(wait, services.settings.MAX_WAIT_S))
+        except TimeoutError:
+            return _screening(row)
+    return _screening(await fetch())
+
+
+def _encode_cursor(created_at: datetime, screening_id: UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(screening_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, screening_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), UUID(screening_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["query", "cursor"],
+                    msg="cursor is not one this API issued; pass next_cursor from a previous page",
+                    type="cursor_invalid",
+                )
+            ]
+        ) from exc
+
+
+@router.get(
+    "",
+    response_model=ScreeningPage,
+    summary="List screenings, newest first, with cursor pagination",
+    responses={422: {"model": ValidationProblem, "description": "Bad limit or cursor."}},
+)
+async def list_screenings(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page; omit for the first.")
+    ] = None,
+) -> ScreeningPage:
+    arguments: list[Any] = [limit + 1]
+    where = ""
+    if cursor is not None:
+        arguments.extend(_decode_cursor(cursor))
+        where = "WHERE (created_at, id) < ($2, $3)"
+    rows = await services.pool.fetch(
+        f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
+        *arguments,
+    )
+    items = [_screening(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = _encode_cursor(last["created_at"], last["id"])
+    return ScreeningPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,1 @@
+"""skinscreen inference: a Celery worker that batches screenings into ONNX Runtime calls."""

@@ -1,0 +1,170 @@
+"""Dynamic batching: screenings from many worker threads become one ONNX Runtime call.
+
+Celery runs each task in a thread; the task decodes its photo and hands it to
+the batcher, which waits for up to `max_batch_size` screenings or `max_wait_ms`
+after the first, runs the model once, writes all results in one statement and
+only then releases the tasks, so Celery acknowledges a message only once its
+result is in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+
+from skinscreen.runtime.database import create_pool
+
+from . import store
+from .model import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Outcome(StrEnum):
+    WRITTEN = "written"
+    # Delivered again after its result was written (e.g. the worker died before the ack).
+    ALREADY_FINISHED = "already_finished"
+
+
+@dataclass
+class _Item:
+    screening_id: UUID
+    image: np.ndarray
+    clinical: np.ndarray
+    future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """Owns an event loop thread with the database pool and the batching coroutine."""
+
+    def __init__(
+        self, model: LoadedModel, database_url: str, max_batch_size: int, max_wait_ms: float
+    ) -> None:
+        self.model = model
+        self.database_url = database_url
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="batcher", daemon=True)
+        # The model runs off the loop, so the loop keeps collecting the next batch meanwhile.
+        self._inference = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self._open())
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._inference.shutdown()
+
+    def submit(
+        self, screening_id: UUID, image: np.ndarray, clinical: np.ndarray, timeout_s: float
+    ) -> Outcome:
+        """Queue one screening for the next batch and block until its result is written."""
+        item = _Item(screening_id, image, clinical)
+        assert self._queue is not None, "Batcher.start() first"
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        return item.future.result(timeout_s)
+
+    def fail(self, screening_id: UUID, reason: str) -> bool:
+        async def failing() -> bool:
+            assert self._pool is not None
+            return await store.fail(self._pool, screening_id, reason)
+
+        return self._call(failing())
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _open(self) -> None:
+        self._queue = asyncio.Queue()
+        self._pool = await create_pool(self.database_url, max_size=2)
+        self._task = asyncio.create_task(self._run())
+
+    async def _close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def _collect(self) -> list[_Item]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                await self._process(batch)
+            except Exception as exc:
+                # Each task decides whether to retry; the batcher itself keeps going.
+                logger.exception("batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _process(self, batch: list[_Item]) -> None:
+        assert self._pool is not None
+        claimed = await store.claim(self._pool, [item.screening_id for item in batch])
+        todo = []
+        for item in batch:
+            if item.screening_id in claimed:
+                todo.append(item)
+            else:
+                item.future.set_result(Outcome.ALREADY_FINISHED)
+        if not todo:
+            return
+        images = np.stack([item.image for item in todo])
+        clinical = np.stack([item.clinical for item in todo])
+        started = time.perf_counter()
+        probabilities = await asyncio.get_running_loop().run_in_executor(
+            self._inference, self.model.predict, images, clinical
+        )
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        batch_id, written = await store.record_batch(
+            self._pool,
+            [item.screening_id for item in todo],
+            probabilities,
+            threshold=self.model.threshold,
+            model_version=self.model.version,
+            provider=self.model.provider,
+            inference_ms=inference_ms,
+        )
+        logger.info(
+            "batch %d: %d screenings, %d written, %.1f ms",
+            batch_id,
+            len(todo),
+            written,
+            inference_ms,
+        )
+        for item in todo:
+            item.future.set_result(Outcome.WRITTEN)

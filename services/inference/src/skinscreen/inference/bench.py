@@ -1,0 +1,194 @@
+"""`make bench`: end-to-end throughput and latency of the whole stack, against raw ONNX Runtime.
+
+Starts the stack on embedded servers (or uses --url with DATABASE_URL), posts
+real PAD-UFES-20 photos from many concurrent clients, and measures in the same
+run, on the same machine, the raw ONNX Runtime throughput of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import numpy as np
+
+from skinscreen.core.clinical import ClinicalInput, Region, encode_many
+from skinscreen.core.imaging import load_and_preprocess
+from skinscreen.runtime.embedded import free_port
+from skinscreen.runtime.stack import Stack
+
+from .model import load_model
+from .settings import Settings
+
+SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+
+
+@dataclass
+class Photo:
+    data: bytes
+    path: Path
+    clinical: ClinicalInput
+
+
+def read_photos(folder: Path, limit: int) -> list[Photo]:
+    """Photos of PAD-UFES-20 that are present, with their clinical answers."""
+    photos = []
+    with (folder / "metadata.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            path = folder / "images" / (Path(row["img_id"]).stem + ".jpg")
+            if not path.is_file():
+                continue
+            answers = {name: {"True": True, "False": False}.get(row[name]) for name in SYMPTOMS}
+            clinical = ClinicalInput(age=int(row["age"]), region=Region(row["region"]), **answers)
+            photos.append(Photo(path.read_bytes(), path, clinical))
+            if len(photos) == limit:
+                break
+    if not photos:
+        raise SystemExit(f"no PAD-UFES-20 photos under {folder / 'images'}")
+    return photos
+
+
+def raw_throughput(settings: Settings, photos: list[Photo], duration_s: float) -> float:
+    """Screenings per second of ONNX Runtime alone, in batches of MAX_BATCH_SIZE."""
+    model = load_model(settings.MODEL_STORE, settings.MODEL_NAME, settings.INTRA_OP_THREADS)
+    size = settings.MAX_BATCH_SIZE
+    chosen = (photos * (size // len(photos) + 1))[:size]
+    images = np.stack([load_and_preprocess(photo.path, model.input_size) for photo in chosen])
+    clinical = encode_many([photo.clinical for photo in chosen])
+    model.predict(images, clinical)  # warm-up: first call allocates
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        model.predict(images, clinical)
+        done += size
+    return done / (time.perf_counter() - started)
+
+
+async def screen_one(client: httpx.AsyncClient, photo: Photo) -> float:
+    """Latency of one screening, from POST to its result."""
+    started = time.perf_counter()
+    response = await client.post(
+        "/v1/screenings",
+        files={"image": (photo.path.name, photo.data, "image/jpeg")},
+        data={"clinical": photo.clinical.model_dump_json()},
+    )
+    response.raise_for_status()
+    location = response.headers["Location"]
+    while True:
+        body = (await client.get(location, params={"wait": 30})).json()
+        if body["status"] == "done":
+            return time.perf_counter() - started
+        if body["status"] == "failed":
+            raise RuntimeError(f"screening failed: {body['failure_reason']}")
+
+
+async def closed_loop(
+    url: str, photos: list[Photo], clients: int, duration_s: float
+) -> list[float]:
+    """`clients` clients, each sending its next screening once the last one is done."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration_s
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one_client(index: int) -> None:
+            sent = index
+            while time.perf_counter() < deadline:
+                latencies.append(await screen_one(client, photos[sent % len(photos)]))
+                sent += clients
+
+        await asyncio.gather(*(one_client(index) for index in range(clients)))
+    return latencies
+
+
+async def open_loop(url: str, photos: list[Photo], rate: float, duration_s: float) -> list[float]:
+    """Screenings arriving at a fixed `rate` per second, whatever the replies."""
+    tasks = []
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits()) as client:
+        started = time.perf_counter()
+        for index in range(int(rate * duration_s)):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(screen_one(client, photos[index % len(photos)])))
+        return list(await asyncio.gather(*tasks))
+
+
+async def batch_sizes(database_url: str, since: datetime) -> Counter[int]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT size, count(*) AS batches FROM inference_batches"
+            " WHERE created_at >= $1 GROUP BY size",
+            since,
+        )
+    finally:
+        await connection.close()
+    return Counter({row["size"]: row["batches"] for row in rows})
+
+
+def percentiles(latencies: list[float]) -> str:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return "p50 {:.0f} ms, p95 {:.0f} ms, p99 {:.0f} ms".format(
+        *(1000 * cuts[index - 1] for index in (50, 95, 99))
+    )
+
+
+def run(args: argparse.Namespace, url: str, settings: Settings) -> None:
+    photos = read_photos(args.photos, args.limit)
+    raw = raw_throughput(settings, photos, args.raw_duration)
+    print(f"raw ONNX Runtime: {raw:.1f} screenings/s (batches of {settings.MAX_BATCH_SIZE})")
+
+    since = datetime.now(UTC)
+    started = time.perf_counter()
+    saturated = asyncio.run(closed_loop(url, photos, args.clients, args.duration))
+    throughput = len(saturated) / (time.perf_counter() - started)
+    sizes = asyncio.run(batch_sizes(settings.DATABASE_URL, since))
+    print(f"end to end, {args.clients} clients: {throughput:.1f} screenings/s "
+          f"({len(saturated)} in {args.duration:.0f} s); {percentiles(saturated)}")  # fmt: skip
+    print("batch sizes: " + ", ".join(f"{size}x{count}" for size, count in sorted(sizes.items())))
+    print(f"ratio end to end / raw: {throughput / raw:.2f}")
+
+    half = asyncio.run(open_loop(url, photos, throughput / 2, args.duration))
+    print(f"at half saturation ({throughput / 2:.1f}/s): {percentiles(half)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=Path, default=Path("../shared/data/pad-ufes-20"))
+    parser.add_argument("--limit", type=int, default=200, help="distinct photos to send")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--raw-duration", type=float, default=10.0)
+    parser.add_argument("--url", help="a running gateway (needs DATABASE_URL); default: start one")
+    args = parser.parse_args(argv)
+    if args.url:
+        run(args, args.url, Settings())
+        return
+    with tempfile.TemporaryDirectory(prefix="skinscreen-bench-") as data:
+        environ = {
+            key: value for key, value in os.environ.items()
+            if key not in ("DATABASE_URL", "REDIS_URL")
+        }  # fmt: skip
+        log = Path(data) / "stack.log"
+        stack = Stack(Path(data), "127.0.0.1", free_port(), environ, log=log)
+        try:
+            stack.start()
+            run(args, stack.url, Settings.model_validate(stack.env))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

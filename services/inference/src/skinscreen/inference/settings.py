@@ -1,0 +1,45 @@
+"""The inference worker's settings, read from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+
+from skinscreen.runtime.settings import SharedSettings
+
+
+class Settings(SharedSettings):
+    """The worker's own knobs, on top of those it shares with the gateway."""
+
+    MAX_BATCH_SIZE: int = Field(16, gt=0, description="Most screenings in one ONNX Runtime call.")
+    MAX_WAIT_MS: float = Field(
+        10.0, ge=0, description="Longest wait for a batch to fill after its first screening."
+    )
+    CONCURRENCY: int = Field(
+        0, ge=0, description="Tasks held at once (worker threads); 0 means 2 x MAX_BATCH_SIZE."
+    )
+    MAX_RETRIES: int = Field(5, ge=0, description="Retries on transient errors before `failed`.")
+    RETRY_BACKOFF_S: float = Field(1.0, gt=0, description="First retry delay; doubles each time.")
+    RETRY_BACKOFF_MAX_S: float = Field(60.0, gt=0)
+    RESULT_TIMEOUT_S: float = Field(
+        120.0, gt=0, description="Longest a task waits for its batch before retrying."
+    )
+    INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
+    LOG_LEVEL: str = "INFO"
+
+    @model_validator(mode="after")
+    def _enough_threads_to_fill_a_batch(self) -> Settings:
+        if self.CONCURRENCY == 0:
+            self.CONCURRENCY = 2 * self.MAX_BATCH_SIZE
+        if self.CONCURRENCY < self.MAX_BATCH_SIZE:
+            raise ValueError(
+                f"CONCURRENCY={self.CONCURRENCY} is below MAX_BATCH_SIZE={self.MAX_BATCH_SIZE}: "
+                "a batch could never fill; allowed: CONCURRENCY >= MAX_BATCH_SIZE, or 0"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,91 @@
+"""The worker's writes to PostgreSQL: claim a batch, record its results, record failures.
+
+Every write is conditional on the screening not being finished, so a task
+delivered twice (a worker died before acknowledging it) is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+
+from skinscreen.runtime.database import FINISHED_CHANNEL
+
+CLAIM: Final = """
+UPDATE screenings
+SET status = 'running', attempts = attempts + 1,
+    started_at = coalesce(started_at, now()), updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
+RETURNING id
+"""
+
+# One statement, so one round trip per batch: the batch row, every result and
+# the notifications that wake long-polling clients (sent on commit).
+RECORD_BATCH: Final = f"""
+WITH batch AS (
+    SELECT nextval(pg_get_serial_sequence('inference_batches', 'id')) AS id
+), written AS (
+    UPDATE screenings AS s
+    SET status = 'done', cancer_probability = r.probability,
+        suspicious = r.probability >= $3, threshold = $3, model_version = $4,
+        batch_id = (SELECT id FROM batch), completed_at = now(), updated_at = now()
+    FROM unnest($1::uuid[], $2::float8[]) AS r (id, probability)
+    WHERE s.id = r.id AND s.status IN ('queued', 'running')
+    RETURNING s.id
+), recorded AS (
+    INSERT INTO inference_batches (id, size, written, model_version, provider, inference_ms)
+    SELECT batch.id, $5, (SELECT count(*) FROM written), $4, $6, $7 FROM batch
+)
+SELECT (SELECT id FROM batch) AS batch_id,
+       count(pg_notify('{FINISHED_CHANNEL}', written.id::text)) AS written
+FROM written
+"""
+
+FAIL: Final = f"""
+WITH failed AS (
+    UPDATE screenings
+    SET status = 'failed', failure_reason = $2, completed_at = now(), updated_at = now()
+    WHERE id = $1 AND status IN ('queued', 'running')
+    RETURNING id
+)
+SELECT count(pg_notify('{FINISHED_CHANNEL}', failed.id::text)) FROM failed
+"""
+
+
+async def claim(pool: asyncpg.Pool, screening_ids: list[UUID]) -> set[UUID]:
+    """Mark the screenings running; return those not already finished."""
+    rows = await pool.fetch(CLAIM, screening_ids)
+    return {row["id"] for row in rows}
+
+
+async def record_batch(
+    pool: asyncpg.Pool,
+    screening_ids: list[UUID],
+    probabilities: np.ndarray,
+    *,
+    threshold: float,
+    model_version: str,
+    provider: str,
+    inference_ms: float,
+) -> tuple[int, int]:
+    """Write a batch's results; return (batch id, results written)."""
+    row = await pool.fetchrow(
+        RECORD_BATCH,
+        screening_ids,
+        [float(value) for value in probabilities],
+        threshold,
+        model_version,
+        len(screening_ids),
+        provider,
+        inference_ms,
+    )
+    assert row is not None
+    return int(row["batch_id"]), int(row["written"])
+
+
+async def fail(pool: asyncpg.Pool, screening_id: UUID, reason: str) -> bool:
+    """Mark a screening failed with `reason`, unless it already finished."""
+    return bool(await pool.fetchval(FAIL, screening_id, reason))

@@ -1,0 +1,133 @@
+"""The Celery worker: `skinscreen-inference` consumes the screenings queue in batches."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import asyncpg
+from celery import Task
+from celery.signals import worker_init, worker_shutdown
+from PIL import Image
+from pillow_heif import register_heif_opener
+
+from skinscreen.core.clinical import encode
+from skinscreen.core.imaging import preprocess
+from skinscreen.runtime.blobs import BlobStore
+from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask, make_celery
+
+from .batching import Batcher
+from .model import LoadedModel, load_model
+from .settings import get_settings
+
+# Uploads may be HEIC/HEIF (iPhones); the gateway accepted them, so the worker must read them.
+register_heif_opener()
+
+logger = logging.getLogger(__name__)
+
+settings = get_settings()
+app = make_celery("skinscreen-inference", settings.REDIS_URL, settings.CELERY_VISIBILITY_TIMEOUT_S)
+
+# Worth another try: the database, the blob store or the runtime may be back soon.
+TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
+
+
+class _Runtime:
+    def __init__(self) -> None:
+        self.model: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.blobs = BlobStore(settings.BLOB_DIR)
+
+
+runtime = _Runtime()
+
+
+@worker_init.connect
+def _start_runtime(**_: Any) -> None:
+    """Load the model and open the database before taking any task, so a bad setup fails fast."""
+    runtime.model = load_model(settings.MODEL_STORE, settings.MODEL_NAME, settings.INTRA_OP_THREADS)
+    runtime.batcher = Batcher(
+        runtime.model, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
+    )
+    runtime.batcher.start()
+    logger.info(
+        "model %s %s on %s; batches of up to %d, waiting at most %.1f ms",
+        runtime.model.card.name,
+        runtime.model.version,
+        runtime.model.provider,
+        settings.MAX_BATCH_SIZE,
+        settings.MAX_WAIT_MS,
+    )
+
+
+@worker_shutdown.connect
+def _stop_runtime(**_: Any) -> None:
+    if runtime.batcher is not None:
+        runtime.batcher.stop()
+
+
+class PermanentError(ValueError):
+    """Retrying cannot help (the stored photo cannot be decoded)."""
+
+
+def _decode(data: bytes, size: int) -> Any:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return preprocess(image, size)
+    except Exception as exc:  # any decoder error: the bytes themselves are bad
+        raise PermanentError(f"the stored photo cannot be decoded: {exc}") from exc
+
+
+def _backoff_s(retries: int) -> float:
+    return min(settings.RETRY_BACKOFF_MAX_S, settings.RETRY_BACKOFF_S * 2**retries)
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=settings.MAX_RETRIES)
+def screen(self: Task, message: dict[str, Any]) -> str:
+    """Run one screening through the next batch; its result is in PostgreSQL when this returns."""
+    task = ScreeningTask.model_validate(message)
+    assert runtime.batcher is not None, "worker_init did not run"
+    assert runtime.model is not None, "worker_init did not run"
+    try:
+        data = runtime.blobs.read(task.image_key)
+        image = _decode(data, runtime.model.input_size)
+        outcome = runtime.batcher.submit(
+            task.screening_id, image, encode(task.clinical), settings.RESULT_TIMEOUT_S
+        )
+    except PermanentError as exc:
+        runtime.batcher.fail(task.screening_id, str(exc))
+        return "failed"
+    except TRANSIENT_ERRORS as exc:
+        retries = self.request.retries
+        if retries >= settings.MAX_RETRIES:
+            reason = f"gave up after {retries + 1} attempts: {type(exc).__name__}: {exc}"
+            logger.error("screening %s failed: %s", task.screening_id, reason)
+            runtime.batcher.fail(task.screening_id, reason)
+            return "failed"
+        logger.warning("screening %s: %s; retrying", task.screening_id, exc)
+        raise self.retry(exc=exc, countdown=_backoff_s(retries)) from exc
+    return outcome.value
+
+
+def main() -> None:
+    """Start a worker on the screenings queue with enough threads to fill a batch."""
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            QUEUE,
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(settings.CONCURRENCY),
+            "--loglevel",
+            settings.LOG_LEVEL,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Real servers for the serving tests: embedded PostgreSQL and Redis, a worker and gateways.
+
+Nothing is faked: the gateway runs under uvicorn, the worker is a real Celery
+worker on a real Redis, results land in a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from redis import Redis
+
+from skinscreen.core.clinical import ClinicalInput, Region
+from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PAD_UFES_20 = REPO.parent / "shared" / "data" / "pad-ufes-20"
+MODEL_NAME = "skinscreen-fusion"
+# Short, so the fault test sees a killed worker's tasks come back within seconds.
+VISIBILITY_TIMEOUT_S = 6
+
+
+@dataclass
+class Photo:
+    path: Path
+    clinical: ClinicalInput
+
+
+class Process:
+    """A service run as a child process, with its log in a file for when a test fails."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.command = command
+        self.env = env
+        self.log = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, nothing acknowledged or given back."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Database:
+    """Synchronous reads for assertions; each call opens a short-lived connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            connection = await asyncpg.connect(self.url)
+            try:
+                return list(await connection.fetch(sql, *args))
+            finally:
+                await connection.close()
+
+        return asyncio.run(run())
+
+    def value(self, sql: str, *args: Any) -> Any:
+        rows = self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """The one place that picks the model: the shipped default if present, else a dev store."""
+    for store in (REPO / "models", Path("/tmp/store")):
+        if any((store / MODEL_NAME).glob("*/card.json")):
+            return store
+    pytest.skip(f"no published {MODEL_NAME} model under models/ or /tmp/store")
+
+
+def _symptom(value: str) -> bool | None:
+    return {"True": True, "False": False}.get(value)
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Photo]:
+    """Real PAD-UFES-20 photos with their clinical answers, in metadata order."""
+    metadata = PAD_UFES_20 / "metadata.csv"
+    if not metadata.is_file():
+        pytest.skip(f"PAD-UFES-20 is not at {PAD_UFES_20}")
+    found = []
+    with metadata.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            path = PAD_UFES_20 / "images" / (Path(row["img_id"]).stem + ".jpg")
+            if not path.is_file():
+                path = PAD_UFES_20 / "images" / row["img_id"]
+            if not path.is_file():
+                continue
+            clinical = ClinicalInput(
+                age=int(row["age"]),
+                region=Region(row["region"]),
+                **{
+                    name: _symptom(row[name])
+                    for name in ("itch", "grew", "hurt", "changed", "bleed", "elevation")
+                },
+            )
+            found.append(Photo(path, clinical))
+    if not found:
+        pytest.skip(f"no photos under {PAD_UFES_20 / 'images'}")
+    return found
+
+
+@dataclass
+class Servers:
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """A real PostgreSQL and a real redis-server for the whole session."""
+    folder = tmp_path_factory.mktemp("servers")
+    postgres = EmbeddedPostgres(folder / "postgres", delete_on_stop=True)
+    redis = EmbeddedRedis(folder / "redis")
+    try:
+        yield Servers(database_url=postgres.start(), redis_url=redis.start())
+    finally:
+        redis.stop()
+        postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The environment both services run with; the schema is migrated by the pre-start step."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": servers.database_url,
+        "REDIS_URL": servers.redis_url,
+        "BLOB_DIR": str(tmp_path_factory.mktemp("blobs")),
+        "MODEL_STORE": str(model_store),
+        "MODEL_NAME": MODEL_NAME,
+        "MAX_BATCH_SIZE": "16",
+        "MAX_WAIT_MS": "20",
+        "RETRY_BACKOFF_S": "0.2",
+        "CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "INTRA_OP_THREADS": "2",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "skinscreen.gateway.prestart"], env=env, check=True, timeout=120
+    )
+    return env
+
+
+def _wait_until(condition: Any, timeout_s: float, what: str, process: Process) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.popen is not None
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{what} exited; log:\n{process.log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready; log:\n{process.log.read_text()[-4000:]}")
+        time.sleep(0.2)
+
+
+def _log_mentions(log: Path, text: str) -> bool:
+    return log.is_file() and text in log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def worker(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    process = Process([sys.executable, "-m", "skinscreen.inference.worker"], stack_env, log)
+    process.start()
+    start_worker(process)
+    yield process
+    process.stop()
+
+
+def start_worker(process: Process) -> None:
+    """(Re)start the worker and wait until it consumes; Celery logs 'ready.' then."""
+    if process.popen is None or process.popen.poll() is not None:
+        process.log.write_text("")
+        process.start()
+    _wait_until(lambda: _log_mentions(process.log, "ready."), 90, "inference worker", process)
+
+
+def _start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "skinscreen.gateway.main:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    process = Process(command, env, log)
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait_until(healthy, 60, "gateway", process)
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    stack_env: dict[str, str], worker: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The base URL of a gateway whose queue a worker consumes."""
+    process, url = _start_gateway(stack_env, tmp_path_factory.mktemp("logs") / "gateway.log")
+    yield url
+    process.stop()
+
+
+IDLE_REDIS_DB = 1
+
+
+@pytest.fixture(scope="session")
+def idle_gateway(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A gateway whose queue (another Redis database) no worker reads, so queued tasks stay."""
+    redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{IDLE_REDIS_DB}"
+    env = {**stack_env, "REDIS_URL": redis_url}
+    process, url = _start_gateway(env, tmp_path_factory.mktemp("logs") / "idle-gateway.log")
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def idle_redis(stack_env: dict[str, str]) -> Iterator[Redis]:
+    client = Redis.from_url(stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{IDLE_REDIS_DB}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def database(stack_env: dict[str, str]) -> Database:
+    return Database(stack_env["DATABASE_URL"])
+
+
+@pytest.fixture(scope="session")
+def blob_dir(stack_env: dict[str, str]) -> Path:
+    return Path(stack_env["BLOB_DIR"])
+
+
+def submit(client: httpx.Client, photo: Photo) -> httpx.Response:
+    """POST one real photo with its clinical answers, as a phone app would."""
+    return client.post(
+        "/v1/screenings",
+        files={"image": (photo.path.name, photo.path.read_bytes(), "image/jpeg")},
+        data={"clinical": photo.clinical.model_dump_json()},
+    )
+
+
+@pytest.fixture
+def submit_photo() -> Any:
+    return submit
+
+
+@pytest.fixture
+def restart_worker() -> Any:
+    return start_worker

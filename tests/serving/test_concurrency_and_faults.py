@@ -1,0 +1,104 @@
+"""Load and failure on the real stack: 200 concurrent screenings, and a worker killed mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from redis import Redis
+
+N_CONCURRENT = 200
+
+pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
+
+
+async def _submit_all(gateway: str, photos) -> list[str]:
+    limits = httpx.Limits(max_connections=N_CONCURRENT)
+    async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as client:
+
+        async def one(photo) -> str:
+            response = await client.post(
+                "/v1/screenings",
+                files={"image": (photo.path.name, photo.path.read_bytes(), "image/jpeg")},
+                data={"clinical": photo.clinical.model_dump_json()},
+            )
+            assert response.status_code == 202, response.text
+            return str(response.json()["id"])
+
+        return list(await asyncio.gather(*(one(photo) for photo in photos)))
+
+
+async def _wait_all(gateway: str, ids: list[str]) -> list[dict]:
+    limits = httpx.Limits(max_connections=N_CONCURRENT)
+    async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as client:
+
+        async def one(screening_id: str) -> dict:
+            deadline = time.monotonic() + 90
+            while True:
+                body = (await client.get(f"/v1/screenings/{screening_id}?wait=30")).json()
+                if body["status"] in ("done", "failed") or time.monotonic() > deadline:
+                    return dict(body)
+
+        return list(await asyncio.gather(*(one(screening_id) for screening_id in ids)))
+
+
+def test_200_concurrent_screenings_complete_in_real_batches(gateway: str, photos, database) -> None:
+    chosen = (photos * (N_CONCURRENT // len(photos) + 1))[:N_CONCURRENT]
+    ids = asyncio.run(_submit_all(gateway, chosen))
+    assert len(set(ids)) == N_CONCURRENT
+    results = asyncio.run(_wait_all(gateway, ids))
+    assert [result["status"] for result in results] == ["done"] * N_CONCURRENT
+    sizes = [
+        row["size"]
+        for row in database.fetch(
+            "SELECT DISTINCT b.id, b.size FROM inference_batches b"
+            " JOIN screenings s ON s.batch_id = b.id WHERE s.id = ANY($1::uuid[])",
+            ids,
+        )
+    ]
+    assert max(sizes) > 1, sizes
+    assert sum(sizes) >= N_CONCURRENT
+
+
+def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
+    gateway: str, photos, database, worker, restart_worker, stack_env
+) -> None:
+    broker = Redis.from_url(stack_env["REDIS_URL"])
+    first_batch = database.value("SELECT coalesce(max(id), 0) FROM inference_batches")
+    ids = asyncio.run(_submit_all(gateway, photos[:64]))
+    # Kill the worker once it has finished some screenings and is in the middle of a batch
+    # (rows claimed as running, their messages unacknowledged in Redis).
+    deadline = time.monotonic() + 60
+    while True:
+        held = broker.hlen("unacked")
+        counts = {
+            row["status"]: row["count"]
+            for row in database.fetch(
+                "SELECT status, count(*) FROM screenings WHERE id = ANY($1::uuid[])"
+                " GROUP BY status",
+                ids,
+            )
+        }
+        done, running = counts.get("done", 0), counts.get("running", 0)
+        if held > 0 and done > 0 and running > 0:
+            break
+        assert time.monotonic() < deadline, "the worker never held tasks mid-batch"
+        time.sleep(0.02)
+    worker.kill()
+    assert done < len(ids), "the worker finished everything before it could be killed"
+    assert broker.hlen("unacked") > 0
+
+    restart_worker(worker)
+    results = asyncio.run(_wait_all(gateway, ids))
+    assert [result["status"] for result in results] == ["done"] * len(ids)
+    written = database.value(
+        "SELECT coalesce(sum(written), 0) FROM inference_batches WHERE id > $1", first_batch
+    )
+    assert written == len(ids), "a result was written twice, or one is missing"
+    redelivered = database.value(
+        "SELECT count(*) FROM screenings WHERE id = ANY($1::uuid[]) AND attempts > 1", ids
+    )
+    assert redelivered > 0, "no task was redelivered after the kill"
+    broker.close()
