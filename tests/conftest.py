@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -16,3 +18,25 @@ def pad_ufes_dir() -> Path:
     if not (PAD_UFES / "metadata.csv").is_file():
         pytest.skip(f"real PAD-UFES-20 data not found at {PAD_UFES}")
     return PAD_UFES
+
+
+def official_layout_copy(source: Path, target: Path, rows: int) -> list[dict[str, str]]:
+    """A small copy in the official release's layout: PNG photos under the CSV's img_id."""
+    (target / "images").mkdir(parents=True)
+    with (source / "metadata.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames = list(reader.fieldnames or [])
+        records = [
+            record
+            for record in reader
+            if (source / "images" / (Path(record["img_id"]).stem + ".jpg")).is_file()
+        ]
+    chosen = records[:rows]
+    for record in chosen:
+        with Image.open(source / "images" / (Path(record["img_id"]).stem + ".jpg")) as image:
+            image.save(target / "images" / record["img_id"])
+    with (target / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(chosen)
+    return chosen

@@ -104,6 +104,8 @@ def test_encode_many_stacks_in_order() -> None:
         ({"age": "62"}, "age", "valid integer"),
         ({"region": "KNEE"}, "region", "'ABDOMEN'"),
         ({"itch": "sometimes"}, "itch", "valid boolean"),
+        ({"bleed": "yes"}, "bleed", "valid boolean"),
+        ({"grew": 1}, "grew", "valid boolean"),
         ({"colour": "brown"}, "colour", "Extra inputs are not permitted"),
     ],
 )

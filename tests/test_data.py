@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from skinscreen.trainer.data import DataError, load_pad_ufes
+from tests.conftest import official_layout_copy
 
 pytestmark = pytest.mark.data
 
@@ -32,30 +32,8 @@ def test_shared_copy_loads_with_missing_photos_counted(pad_ufes_dir: Path) -> No
     assert len(set(dataset.groups)) == 715
 
 
-def _official_layout(source: Path, target: Path, rows: int) -> list[dict[str, str]]:
-    """A small copy in the official release's layout: PNG photos under the CSV's img_id."""
-    (target / "images").mkdir(parents=True)
-    with (source / "metadata.csv").open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        fieldnames = list(reader.fieldnames or [])
-        records = [
-            record
-            for record in reader
-            if (source / "images" / (Path(record["img_id"]).stem + ".jpg")).is_file()
-        ]
-    chosen = records[:rows]
-    for record in chosen:
-        with Image.open(source / "images" / (Path(record["img_id"]).stem + ".jpg")) as image:
-            image.save(target / "images" / record["img_id"])
-    with (target / "metadata.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(chosen)
-    return chosen
-
-
 def test_official_png_layout_loads_unchanged(pad_ufes_dir: Path, tmp_path: Path) -> None:
-    chosen = _official_layout(pad_ufes_dir, tmp_path, rows=6)
+    chosen = official_layout_copy(pad_ufes_dir, tmp_path, rows=6)
     dataset = load_pad_ufes(tmp_path)
     assert len(dataset) == 6
     assert dataset.skipped_missing_image == 0
@@ -64,7 +42,7 @@ def test_official_png_layout_loads_unchanged(pad_ufes_dir: Path, tmp_path: Path)
 
 
 def test_leaking_columns_are_never_inputs(pad_ufes_dir: Path, tmp_path: Path) -> None:
-    _official_layout(pad_ufes_dir, tmp_path, rows=6)
+    official_layout_copy(pad_ufes_dir, tmp_path, rows=6)
     before = load_pad_ufes(tmp_path).clinical
     metadata = tmp_path / "metadata.csv"
     with metadata.open(newline="") as handle:

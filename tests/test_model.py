@@ -9,6 +9,7 @@ from skinscreen.trainer.model import (
     BACKBONES,
     EfficientNetLite0,
     ModelSpec,
+    ScreeningEnsemble,
     build_backbone,
     build_model,
     load_checkpoint,
@@ -85,10 +86,28 @@ def test_same_padding_keeps_tensorflow_geometry() -> None:
     assert trunk.shape == (1, 320, 7, 7)
 
 
+def test_ensemble_is_the_mean_of_its_members_and_shares_the_trunk() -> None:
+    spec = ModelSpec(image_size=64)
+    torch.manual_seed(0)
+    members = [build_model(spec, pretrained=False).eval() for _ in range(3)]
+    for member in members[1:]:  # cached mode: one frozen backbone, heads of their own
+        member.backbone.load_state_dict(members[0].backbone.state_dict())
+    images = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    clinical = torch.rand(4, 22) * 50
+    with torch.inference_mode():
+        each = torch.stack([member(images, clinical) for member in members])
+        shared = ScreeningEnsemble(members, shared_trunk=True).eval()(images, clinical)
+        separate = ScreeningEnsemble(members, shared_trunk=False).eval()(images, clinical)
+    torch.testing.assert_close(shared, each.mean(dim=0))
+    torch.testing.assert_close(separate, each.mean(dim=0))
+    assert not torch.allclose(each[0], each[1])  # the members really differ
+
+
 def test_checkpoint_describes_itself(tmp_path) -> None:
     spec = ModelSpec(backbone="simple-cnn", image_size=64, clinical_share=0.5)
-    model = build_model(spec, pretrained=False).eval()
-    model.head.set_clinical_statistics(torch.rand(10, 22) * 80)
+    member = build_model(spec, pretrained=False).eval()
+    member.head.set_clinical_statistics(torch.rand(10, 22) * 80)
+    model = ScreeningEnsemble([member], shared_trunk=False)
     save_checkpoint(model, tmp_path / "checkpoint.pt", extra={"threshold": 0.3})
     loaded, extra = load_checkpoint(tmp_path / "checkpoint.pt")
     assert loaded.spec == spec

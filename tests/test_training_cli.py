@@ -15,6 +15,7 @@ from skinscreen.trainer.cli import main
 from skinscreen.trainer.data import load_pad_ufes
 from skinscreen.trainer.model import load_checkpoint
 from skinscreen.trainer.training import load_images
+from tests.conftest import official_layout_copy
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,37 @@ def test_unknown_backbone_lists_the_choices(
     error = capsys.readouterr().err
     assert "invalid choice: 'vgg16'" in error
     assert "'efficientnet-lite0', 'resnet50', 'simple-cnn'" in error
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_evaluate_scores_a_published_model_on_a_data_folder(
+    smoke_run: dict[str, Path],
+    pad_ufes_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    official_layout_copy(pad_ufes_dir, tmp_path, rows=12)
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(smoke_run["published"]),
+            "--data",
+            str(tmp_path),
+            "--betas",
+            "1,5",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["photos"] == 12
+    assert set(result["metrics"]) >= {
+        "roc_auc",
+        "recall",
+        "balanced_accuracy",
+        "f1",
+        "f5",
+        "confusion_matrix",
+    }
+    assert sum(map(sum, result["metrics"]["confusion_matrix"])) == 12

@@ -7,7 +7,6 @@ worker on a real Redis, results land in a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import csv
 import os
 import signal
 import subprocess
@@ -23,11 +22,11 @@ import httpx
 import pytest
 from redis import Redis
 
-from skinscreen.core.clinical import ClinicalInput, Region
+from skinscreen.core.clinical import ClinicalInput
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from skinscreen.trainer.data import load_pad_ufes
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-PAD_UFES_20 = REPO.parent / "shared" / "data" / "pad-ufes-20"
 MODEL_NAME = "skinscreen-fusion"
 # Short, so the fault test sees a killed worker's tasks come back within seconds.
 VISIBILITY_TIMEOUT_S = 6
@@ -93,43 +92,17 @@ class Database:
 
 @pytest.fixture(scope="session")
 def model_store() -> Path:
-    """The one place that picks the model: the shipped default if present, else a dev store."""
-    for store in (REPO / "models", Path("/tmp/store")):
-        if any((store / MODEL_NAME).glob("*/card.json")):
-            return store
-    pytest.skip(f"no published {MODEL_NAME} model under models/ or /tmp/store")
-
-
-def _symptom(value: str) -> bool | None:
-    return {"True": True, "False": False}.get(value)
+    """The store of the model shipped with the project, the one `make run` serves."""
+    store = REPO / "models"
+    assert any((store / MODEL_NAME).glob("*/card.json")), f"no {MODEL_NAME} shipped in {store}"
+    return store
 
 
 @pytest.fixture(scope="session")
-def photos() -> list[Photo]:
-    """Real PAD-UFES-20 photos with their clinical answers, in metadata order."""
-    metadata = PAD_UFES_20 / "metadata.csv"
-    if not metadata.is_file():
-        pytest.skip(f"PAD-UFES-20 is not at {PAD_UFES_20}")
-    found = []
-    with metadata.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            path = PAD_UFES_20 / "images" / (Path(row["img_id"]).stem + ".jpg")
-            if not path.is_file():
-                path = PAD_UFES_20 / "images" / row["img_id"]
-            if not path.is_file():
-                continue
-            clinical = ClinicalInput(
-                age=int(row["age"]),
-                region=Region(row["region"]),
-                **{
-                    name: _symptom(row[name])
-                    for name in ("itch", "grew", "hurt", "changed", "bleed", "elevation")
-                },
-            )
-            found.append(Photo(path, clinical))
-    if not found:
-        pytest.skip(f"no photos under {PAD_UFES_20 / 'images'}")
-    return found
+def photos(pad_ufes_dir: Path) -> list[Photo]:
+    """Real PAD-UFES-20 photos with their clinical answers, read by the trainer's loader."""
+    dataset = load_pad_ufes(pad_ufes_dir)
+    return [Photo(sample.image_path, sample.clinical) for sample in dataset.samples]
 
 
 @dataclass

@@ -72,12 +72,17 @@ class ClinicalInput(BaseModel):
         Region,
         Field(description="Body region of the lesion: " + ", ".join(REGIONS) + "."),
     ]
-    itch: bool | None = Field(description="Does the lesion itch? null if unknown.")
-    grew: bool | None = Field(description="Has the lesion grown? null if unknown.")
-    hurt: bool | None = Field(description="Does the lesion hurt? null if unknown.")
-    changed: bool | None = Field(description="Has the lesion changed? null if unknown.")
-    bleed: bool | None = Field(description="Has the lesion bled? null if unknown.")
-    elevation: bool | None = Field(description="Is the lesion elevated? null if unknown.")
+    # Strict: "yes", 1 or "true" are refused rather than guessed; only true, false, null.
+    itch: bool | None = Field(strict=True, description="Does the lesion itch? null if unknown.")
+    grew: bool | None = Field(strict=True, description="Has the lesion grown? null if unknown.")
+    hurt: bool | None = Field(strict=True, description="Does the lesion hurt? null if unknown.")
+    changed: bool | None = Field(
+        strict=True, description="Has the lesion changed? null if unknown."
+    )
+    bleed: bool | None = Field(strict=True, description="Has the lesion bled? null if unknown.")
+    elevation: bool | None = Field(
+        strict=True, description="Is the lesion elevated? null if unknown."
+    )
 
     def to_vector(self) -> np.ndarray:
         """The float32 vector of 22 values that the model takes."""

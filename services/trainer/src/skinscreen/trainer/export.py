@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from skinscreen.core.clinical import N_CLINICAL
-from skinscreen.trainer.model import ScreeningModel
+from skinscreen.trainer.model import ScreeningEnsemble
 
 OPSET: Final = 17
 PARITY_TOLERANCE: Final = 1e-4
@@ -63,7 +63,7 @@ def trace_to_onnx(
 
 
 def export_onnx(
-    model: ScreeningModel, path: Path, images: np.ndarray, clinical: np.ndarray
+    model: ScreeningEnsemble, path: Path, images: np.ndarray, clinical: np.ndarray
 ) -> float:
     """Write `model` as ONNX to `path`, verify it, and return the max |ONNX - PyTorch|.
 

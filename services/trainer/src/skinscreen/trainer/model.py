@@ -467,16 +467,57 @@ def build_model(
     return ScreeningModel(spec, backbone, FusionHead(spec))
 
 
-def save_checkpoint(model: ScreeningModel, path: Path, extra: dict[str, Any] | None = None) -> None:
+class ScreeningEnsemble(nn.Module):
+    """Members fitted from different seeds; the served probability is their mean.
+
+    On a data set this small one fit's result depends on its seed more than on
+    most settings; averaging a few members is the cheapest cure. When the
+    members share a frozen trunk (cached mode), the graph computes it once.
+    """
+
+    def __init__(self, members: list[ScreeningModel], shared_trunk: bool) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.shared_trunk = shared_trunk
+        self.spec: ModelSpec = members[0].spec
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        members = [member for member in self.members if isinstance(member, ScreeningModel)]
+        if self.shared_trunk:
+            trunk = members[0].backbone.trunk(members[0].pixels_to_input(image))
+            probabilities = [
+                member.cancer_probability(member.head(member.backbone.top(trunk), clinical))
+                for member in members
+            ]
+        else:
+            probabilities = [member(image, clinical) for member in members]
+        return torch.stack(probabilities).mean(dim=0)
+
+
+def save_checkpoint(
+    model: ScreeningEnsemble, path: Path, extra: dict[str, Any] | None = None
+) -> None:
     """A checkpoint that describes itself: the spec travels with the weights."""
     torch.save(
-        {"spec": model.spec.to_dict(), "state_dict": model.state_dict(), "extra": extra or {}}, path
+        {
+            "spec": model.spec.to_dict(),
+            "shared_trunk": model.shared_trunk,
+            "members": [member.state_dict() for member in model.members],
+            "extra": extra or {},
+        },
+        path,
     )
 
 
-def load_checkpoint(path: Path) -> tuple[ScreeningModel, dict[str, Any]]:
+def load_checkpoint(path: Path) -> tuple[ScreeningEnsemble, dict[str, Any]]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(ModelSpec(**payload["spec"]), pretrained=False)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
+    spec = ModelSpec(**payload["spec"])
+    members = []
+    for state in payload["members"]:
+        member = build_model(spec, pretrained=False)
+        member.load_state_dict(state)
+        members.append(member)
+    model = ScreeningEnsemble(members, shared_trunk=payload["shared_trunk"]).eval()
     return model, payload["extra"]

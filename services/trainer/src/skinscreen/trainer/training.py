@@ -30,11 +30,13 @@ from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.data import Dataset
 from skinscreen.trainer.export import trace_to_onnx
-from skinscreen.trainer.model import ScreeningModel, build_model
+from skinscreen.trainer.model import FusionHead, ScreeningEnsemble, ScreeningModel, build_model
 
 log = logging.getLogger(__name__)
 
 TRUNK_BATCH = 64
+# Member k of an ensemble trains with seed + k * stride: far from the next fold's seed.
+MEMBER_SEED_STRIDE = 1000
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -224,11 +226,25 @@ class Trainer:
             )
             inputs.trunk_views = torch.cat([inputs.trunk_views, mutant_views], dim=1)
 
-    def fit(self, indices: np.ndarray, seed: int, desc: str) -> ScreeningModel:
-        """A fresh model trained on the rows `indices`."""
+    def fit(self, indices: np.ndarray, seed: int, desc: str) -> ScreeningEnsemble:
+        """A fresh ensemble of `config.ensemble` members trained on the rows `indices`."""
+        inputs = self.inputs(indices, seed)
+        members = [
+            self._fit_member(
+                inputs,
+                seed + MEMBER_SEED_STRIDE * member,
+                f"{desc} member {member + 1}/{self.config.ensemble}",
+            )
+            for member in range(self.config.ensemble)
+        ]
+        return ScreeningEnsemble(members, shared_trunk=self.config.mode == "cached")
+
+    def _fit_member(self, inputs: FoldInputs, seed: int, desc: str) -> ScreeningModel:
         torch.manual_seed(seed)
         model = copy.deepcopy(self.template)
-        inputs = self.inputs(indices, seed)
+        # A fresh head drawn from this member's seed: the template's head was drawn
+        # before any seed was set, and would make runs irreproducible.
+        model.head = FusionHead(model.spec)
         model.head.set_clinical_statistics(inputs.clinical)
         trainable = self._trainable(model)
         optimizer = self._optimizer(trainable)
@@ -307,8 +323,12 @@ class Trainer:
                 features = model.backbone(model.pixels_to_input(pixels))
             yield features, inputs.clinical[batch], inputs.targets[batch]
 
-    def predict(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
-        """Cancer probabilities of the rows `indices`, on the clean (un-augmented) photos."""
+    def predict(self, ensemble: ScreeningEnsemble, indices: np.ndarray) -> np.ndarray:
+        """Mean cancer probability of the members on the rows `indices`, on the clean photos."""
+        members = [member for member in ensemble.members if isinstance(member, ScreeningModel)]
+        return np.mean([self._predict_member(member, indices) for member in members], axis=0)
+
+    def _predict_member(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
         index = torch.from_numpy(indices)
         outputs = []
         model.to(self.device).eval()
