@@ -12,6 +12,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PAD_UFES = SHARED_DATA / "pad-ufes-20"
 
+# The API form of the clinical answers, as DESIGN.md gives it.
+DESIGN_EXAMPLE: dict[str, object] = {
+    "age": 62,
+    "region": "FACE",
+    "itch": True,
+    "grew": None,
+    "hurt": False,
+    "changed": False,
+    "bleed": True,
+    "elevation": True,
+}
+
 
 @pytest.fixture(scope="session")
 def pad_ufes_dir() -> Path:

@@ -18,18 +18,9 @@ from skinscreen.core.clinical import (
     encode,
     encode_many,
 )
-from tests.conftest import REPO
+from tests.conftest import DESIGN_EXAMPLE, REPO
 
-BASE = {
-    "age": 62,
-    "region": "FACE",
-    "itch": True,
-    "grew": None,
-    "hurt": False,
-    "changed": False,
-    "bleed": True,
-    "elevation": True,
-}
+BASE = DESIGN_EXAMPLE
 
 
 def test_order_is_pinned() -> None:

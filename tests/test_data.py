@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skinscreen.trainer.data import DataError, load_pad_ufes
+from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from tests.conftest import official_layout_copy
 
 pytestmark = pytest.mark.data

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from skinscreen.core.card import latest_version, verified_model
-from skinscreen.trainer.data import load_pad_ufes
+from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.training import load_images
 from tests.conftest import REPO
 

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from skinscreen.trainer.data import load_pad_ufes
+from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.evaluation import (
     binary_metrics,
     choose_threshold,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.data import load_pad_ufes
 from skinscreen.trainer.pipeline import select_subset
 from skinscreen.trainer.training import Trainer, load_images, paper_schedule
 

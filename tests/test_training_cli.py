@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from skinscreen.core.card import MODEL_FILE, ModelIntegrityError, verified_model
+from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.cli import main
-from skinscreen.trainer.data import load_pad_ufes
 from skinscreen.trainer.model import load_checkpoint
 from skinscreen.trainer.training import load_images
 from tests.conftest import official_layout_copy

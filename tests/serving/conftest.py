@@ -23,8 +23,8 @@ import pytest
 from redis import Redis
 
 from skinscreen.core.clinical import ClinicalInput
+from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from skinscreen.trainer.data import load_pad_ufes
 from tests.conftest import REPO
 
 MODEL_NAME = "skinscreen-fusion"

@@ -14,17 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-QUEUE = "screenings"
-GOOD_CLINICAL = {
-    "age": 62,
-    "region": "FACE",
-    "itch": True,
-    "grew": None,
-    "hurt": False,
-    "changed": False,
-    "bleed": True,
-    "elevation": True,
-}
+from skinscreen.runtime.queue import QUEUE
+from tests.conftest import DESIGN_EXAMPLE
 
 
 def _snapshot(database, blob_dir: Path, idle_redis) -> tuple[int, int, int]:
@@ -65,7 +56,7 @@ def test_the_check_itself_sees_a_queued_task(
 ) -> None:
     """Positive control: a good upload does create a row, a blob and a task."""
     rows, blobs, tasks = _snapshot(database, blob_dir, idle_redis)
-    response = _post(client, photo_bytes, GOOD_CLINICAL)
+    response = _post(client, photo_bytes, DESIGN_EXAMPLE)
     assert response.status_code == 202, response.text
     assert _snapshot(database, blob_dir, idle_redis) == (rows + 1, blobs + 1, tasks + 1)
     # Nobody works this queue: ?wait gives up after its time and answers `queued`.
@@ -84,7 +75,7 @@ def test_the_check_itself_sees_a_queued_task(
 
 @pytest.mark.usefixtures("nothing_created")
 def test_each_bad_clinical_field_is_named_with_what_is_allowed(client, photo_bytes) -> None:
-    clinical = {**GOOD_CLINICAL, "age": 130, "region": "ELBOW", "itch": "yes", "smoker": True}
+    clinical = {**DESIGN_EXAMPLE, "age": 130, "region": "ELBOW", "itch": "yes", "smoker": True}
     del clinical["bleed"]
     response = _post(client, photo_bytes, clinical)
     assert response.status_code == 422
@@ -110,9 +101,9 @@ def test_each_bad_clinical_field_is_named_with_what_is_allowed(client, photo_byt
     [
         ("{not json", "not valid JSON"),
         ("[62, 1]", "JSON object"),
-        ({**GOOD_CLINICAL, "age": 62.5}, "age"),
-        ({**GOOD_CLINICAL, "age": True}, "age"),
-        ({**GOOD_CLINICAL, "region": "face"}, "region"),
+        ({**DESIGN_EXAMPLE, "age": 62.5}, "age"),
+        ({**DESIGN_EXAMPLE, "age": True}, "age"),
+        ({**DESIGN_EXAMPLE, "region": "face"}, "region"),
     ],
 )
 def test_malformed_clinical_is_refused(client, photo_bytes, clinical, expected: str) -> None:
@@ -123,24 +114,24 @@ def test_malformed_clinical_is_refused(client, photo_bytes, clinical, expected: 
 
 @pytest.mark.usefixtures("nothing_created")
 def test_unknown_form_part_and_missing_image_are_refused(client, photo_bytes) -> None:
-    response = _post(client, photo_bytes, GOOD_CLINICAL, comment="hello")
+    response = _post(client, photo_bytes, DESIGN_EXAMPLE, comment="hello")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "comment"]
-    response = client.post("/v1/screenings", data={"clinical": json.dumps(GOOD_CLINICAL)})
+    response = client.post("/v1/screenings", data={"clinical": json.dumps(DESIGN_EXAMPLE)})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "image"]
 
 
 @pytest.mark.usefixtures("nothing_created")
 def test_a_file_that_is_not_an_image_is_415(client) -> None:
-    response = _post(client, b"%PDF-1.7 definitely not a photo", GOOD_CLINICAL)
+    response = _post(client, b"%PDF-1.7 definitely not a photo", DESIGN_EXAMPLE)
     assert response.status_code == 415
     assert "JPEG, PNG, WebP or HEIC" in response.json()["detail"]
 
 
 @pytest.mark.usefixtures("nothing_created")
 def test_a_truncated_photo_is_422(client, photo_bytes) -> None:
-    response = _post(client, photo_bytes[: len(photo_bytes) // 2], GOOD_CLINICAL)
+    response = _post(client, photo_bytes[: len(photo_bytes) // 2], DESIGN_EXAMPLE)
     assert response.status_code == 422
     assert "truncated or corrupt" in response.json()["detail"]
 
@@ -163,7 +154,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 @pytest.mark.usefixtures("nothing_created")
 def test_too_many_pixels_is_413_without_decoding(client) -> None:
-    response = _post(client, _png_claiming(20_000, 20_000), GOOD_CLINICAL)
+    response = _post(client, _png_claiming(20_000, 20_000), DESIGN_EXAMPLE)
     assert response.status_code == 413
     assert "pixels" in response.json()["detail"]
 
@@ -171,7 +162,7 @@ def test_too_many_pixels_is_413_without_decoding(client) -> None:
 @pytest.mark.usefixtures("nothing_created")
 def test_a_file_over_the_size_limit_is_413(client) -> None:
     over = 15 * 1024 * 1024 + 1
-    response = _post(client, b"\xff\xd8" + b"\x00" * over, GOOD_CLINICAL)
+    response = _post(client, b"\xff\xd8" + b"\x00" * over, DESIGN_EXAMPLE)
     assert response.status_code == 413
 
 

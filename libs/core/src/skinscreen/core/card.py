@@ -92,6 +92,8 @@ def publish(store: Path, model_file: Path, card: ModelCard) -> Path:
         (staging / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
         for path in staging.iterdir():
             path.chmod(0o444)
+        # mkdtemp makes the folder private; a published model is for every reader.
+        staging.chmod(0o755)
         os.rename(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

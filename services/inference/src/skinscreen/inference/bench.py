@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import statistics
 import tempfile
@@ -23,15 +22,14 @@ import asyncpg
 import httpx
 import numpy as np
 
-from skinscreen.core.clinical import ClinicalInput, Region, encode_many
+from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.imaging import load_and_preprocess
+from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.runtime.embedded import free_port
 from skinscreen.runtime.stack import Stack
 
 from .model import load_model
 from .settings import Settings
-
-SYMPTOMS = ("itch", "grew", "hurt", "changed", "bleed", "elevation")
 
 
 @dataclass
@@ -43,20 +41,11 @@ class Photo:
 
 def read_photos(folder: Path, limit: int) -> list[Photo]:
     """Photos of PAD-UFES-20 that are present, with their clinical answers."""
-    photos = []
-    with (folder / "metadata.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            path = folder / "images" / (Path(row["img_id"]).stem + ".jpg")
-            if not path.is_file():
-                continue
-            answers = {name: {"True": True, "False": False}.get(row[name]) for name in SYMPTOMS}
-            clinical = ClinicalInput(age=int(row["age"]), region=Region(row["region"]), **answers)
-            photos.append(Photo(path.read_bytes(), path, clinical))
-            if len(photos) == limit:
-                break
-    if not photos:
-        raise SystemExit(f"no PAD-UFES-20 photos under {folder / 'images'}")
-    return photos
+    try:
+        samples = load_pad_ufes(folder).samples[:limit]
+    except DataError as error:
+        raise SystemExit(f"skinscreen-bench: {error}") from None
+    return [Photo(s.image_path.read_bytes(), s.image_path, s.clinical) for s in samples]
 
 
 def raw_throughput(settings: Settings, photos: list[Photo], duration_s: float) -> float:

@@ -21,8 +21,8 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
+from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.data import DataError, load_pad_ufes
 from skinscreen.trainer.evaluation import binary_metrics
 from skinscreen.trainer.export import ExportError, export_onnx
 from skinscreen.trainer.model import load_checkpoint

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinscreen.core.clinical import N_CLINICAL
-from skinscreen.trainer.data import CANCER_DIAGNOSES, DIAGNOSES
+from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
 
 BACKBONES: Final = ("efficientnet-lite0", "resnet50", "simple-cnn")
 TARGETS: Final = ("diagnosis", "cancer")

@@ -14,8 +14,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from skinscreen.core.card import DecisionThreshold, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.core.pad_ufes import Dataset, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.data import Dataset, load_pad_ufes
 from skinscreen.trainer.evaluation import (
     Threshold,
     binary_metrics,

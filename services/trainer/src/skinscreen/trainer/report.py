@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from skinscreen.core.card import ModelCard
+from skinscreen.core.pad_ufes import Dataset
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.data import Dataset
 from skinscreen.trainer.evaluation import roc_points
 
 if TYPE_CHECKING:

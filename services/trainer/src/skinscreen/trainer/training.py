@@ -25,10 +25,10 @@ from torch import nn
 from tqdm import tqdm
 
 from skinscreen.core.imaging import load_and_preprocess
+from skinscreen.core.pad_ufes import Dataset
 from skinscreen.trainer.augment import augment
 from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.data import Dataset
 from skinscreen.trainer.export import trace_to_onnx
 from skinscreen.trainer.model import FusionHead, ScreeningEnsemble, ScreeningModel, build_model
 
