@@ -62,6 +62,25 @@ def trace_to_onnx(
         )
 
 
+def _declare_contract_inputs(path: Path) -> None:
+    """Keep every contract input in the graph, even one the model ignores.
+
+    The exporter drops inputs no node reads: an image-only model would lose
+    `clinical`, and every client would need to know which kind it talks to.
+    An unread graph input is valid ONNX; ONNX Runtime accepts and ignores it.
+    """
+    graph = onnx.load(str(path))
+    declared = {value.name for value in graph.graph.input}
+    if "clinical" in declared:
+        return
+    graph.graph.input.append(
+        onnx.helper.make_tensor_value_info(
+            "clinical", onnx.TensorProto.FLOAT, ["batch", N_CLINICAL]
+        )
+    )
+    onnx.save(graph, str(path))
+
+
 def export_onnx(
     model: ScreeningEnsemble, path: Path, images: np.ndarray, clinical: np.ndarray
 ) -> float:
@@ -82,6 +101,7 @@ def export_onnx(
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
     trace_to_onnx(model, example, path, INPUT_NAMES, [OUTPUT_NAME])
+    _declare_contract_inputs(path)
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     served = session.run([OUTPUT_NAME], {"image": images, "clinical": clinical})[0]

@@ -278,9 +278,9 @@ class ResNet50(Backbone):
 
 
 class SimpleCNN(Backbone):
-    """Three conv/ReLU/max-pool blocks (32, 64, 128 filters): [N, 3, S, S] -> [N, 2048]."""
+    """Three conv/ReLU/max-pool blocks (32, 64, 128 filters): [N, 3, S, S] -> [N, 256]."""
 
-    feature_dim = 128 * 4 * 4
+    feature_dim = 128 * 2
 
     def __init__(self) -> None:
         super().__init__()
@@ -300,8 +300,11 @@ class SimpleCNN(Backbone):
         return x
 
     def top(self, x: torch.Tensor) -> torch.Tensor:
-        # A fixed 4x4 grid keeps the feature size independent of the input size.
-        return F.adaptive_avg_pool2d(self.features(x), 4).flatten(1)
+        # Global mean and max instead of the paper's flatten: the feature size does
+        # not depend on S, and it exports to ONNX for every S (an adaptive pooling
+        # grid does only where it divides the map).
+        maps = self.features(x)
+        return torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1)
 
     def top_modules(self) -> list[nn.Module]:
         return [self.features]

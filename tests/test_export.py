@@ -1,0 +1,54 @@
+"""ONNX export follows the model contract for every kind of model, and checks itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from skinscreen.trainer.export import ExportError, export_onnx
+from skinscreen.trainer.model import ModelSpec, ScreeningEnsemble, build_model
+
+
+def _ensemble(use_clinical: bool, members: int = 2) -> ScreeningEnsemble:
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="simple-cnn", image_size=48, use_clinical=use_clinical)
+    return ScreeningEnsemble(
+        [build_model(spec, pretrained=False).eval() for _ in range(members)], shared_trunk=False
+    ).eval()
+
+
+def _inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8)
+    clinical = np.zeros((n, 22), dtype=np.float32)
+    clinical[:, 0] = rng.integers(20, 90, n)
+    clinical[np.arange(n), 1 + rng.integers(0, 15, n)] = 1
+    return images, clinical
+
+
+@pytest.mark.parametrize("use_clinical", [True, False])
+def test_export_keeps_the_contract_and_matches_pytorch(tmp_path: Path, use_clinical: bool) -> None:
+    model = _ensemble(use_clinical)
+    images, clinical = _inputs(4)
+    difference = export_onnx(model, tmp_path / "model.onnx", images, clinical)
+    assert difference <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "clinical"]
+    # A batch size never seen at export time.
+    more_images, more_clinical = _inputs(7)
+    served = session.run(None, {"image": more_images, "clinical": more_clinical})[0]
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(more_images), torch.from_numpy(more_clinical)).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_export_refuses_inputs_off_the_contract(tmp_path: Path) -> None:
+    images, clinical = _inputs(2)
+    with pytest.raises(ExportError, match=r"parity images must be uint8 \[N, 48, 48, 3\]"):
+        export_onnx(_ensemble(True), tmp_path / "m.onnx", images.astype(np.float32), clinical)
+    with pytest.raises(ExportError, match=r"parity clinical must be \[N, 22\]"):
+        export_onnx(_ensemble(True), tmp_path / "m.onnx", images, clinical[:, :21])
