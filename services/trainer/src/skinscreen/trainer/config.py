@@ -13,9 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.evaluation import ThresholdMethod
-from skinscreen.trainer.model import ModelSpec
+from skinscreen.trainer.model import BackboneName, ModelSpec, TargetName
 
-Backbone = Literal["efficientnet-lite0", "resnet50", "simple-cnn"]
 DEFAULT_MODEL_NAME = "skinscreen-fusion"
 
 
@@ -29,14 +28,14 @@ class TrainConfig(BaseModel):
         DEFAULT_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model name in the store."
     )
 
-    backbone: Backbone = "efficientnet-lite0"
+    backbone: BackboneName = "efficientnet-lite0"
     resnet_weights: Path | None = Field(
         None, description="A ResNet50 state dict to start from; random init when absent."
     )
     image_size: Annotated[int, Field(ge=32, le=1024)] = 224
     clinical_share: Annotated[float, Field(gt=0.0, lt=1.0, description="lambda")] = 0.3
     use_clinical: bool = True
-    target: Literal["diagnosis", "cancer"] = Field(
+    target: TargetName = Field(
         "diagnosis",
         description="diagnosis: learn the six diagnoses, cancer probability = P(BCC+MEL+SCC); "
         "cancer: two classes, as in the paper.",

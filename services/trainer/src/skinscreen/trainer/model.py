@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,10 @@ from torch import nn
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
 
-BACKBONES: Final = ("efficientnet-lite0", "resnet50", "simple-cnn")
-TARGETS: Final = ("diagnosis", "cancer")
+BackboneName = Literal["efficientnet-lite0", "resnet50", "simple-cnn"]
+TargetName = Literal["diagnosis", "cancer"]
+BACKBONES: Final = get_args(BackboneName)
+TARGETS: Final = get_args(TargetName)
 
 # What each backbone's weights expect of an RGB pixel scaled to [0, 1].
 # EfficientNet-Lite was trained on (x - 127) / 128 (TF "lite" preprocessing);

@@ -164,7 +164,6 @@ class Trainer:
         progress: Callable[[str], None] = log.info,
     ) -> None:
         self.config = config
-        self.dataset = dataset
         self.images = images
         self.clinical = torch.from_numpy(dataset.clinical)
         self.targets = torch.from_numpy(
