@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from redis import Redis
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from skinscreen.runtime.stack import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
 from tests.conftest import REPO
 
 MODEL_NAME = "skinscreen-fusion"
@@ -142,9 +142,7 @@ def stack_env(
         "CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
         "INTRA_OP_THREADS": "2",
     }
-    subprocess.run(
-        [sys.executable, "-m", "skinscreen.gateway.prestart"], env=env, check=True, timeout=120
-    )
+    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
     return env
 
 
@@ -168,7 +166,7 @@ def worker(
     stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
     log = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = Process([sys.executable, "-m", "skinscreen.inference.worker"], stack_env, log)
+    process = Process(WORKER_COMMAND, stack_env, log)
     process.start()
     start_worker(process)
     yield process
@@ -185,11 +183,7 @@ def start_worker(process: Process) -> None:
 
 def _start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
     port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "skinscreen.gateway.main:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
-    process = Process(command, env, log)
+    process = Process(gateway_command("127.0.0.1", port, "--log-level", "warning"), env, log)
     process.start()
     url = f"http://127.0.0.1:{port}"
 

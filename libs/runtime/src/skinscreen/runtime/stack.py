@@ -31,6 +31,18 @@ SERVICES: Final = {
 }
 
 
+# How each service process is started; the test fixtures start them the same way.
+PRESTART_COMMAND = [sys.executable, "-m", "skinscreen.gateway.prestart"]
+WORKER_COMMAND = [sys.executable, "-m", "skinscreen.inference.worker"]
+
+
+def gateway_command(host: str, port: int, *options: str) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", "skinscreen.gateway.main:create_app",
+        "--host", host, "--port", str(port), *options,
+    ]  # fmt: skip
+
+
 def check_services_installed() -> None:
     """Refuse to start half a stack: name the service that is missing and how to install it."""
     missing = [folder for package, folder in SERVICES.items() if find_spec(package) is None]
@@ -75,36 +87,15 @@ class Stack:
             self.env["REDIS_URL"] = self._redis.start()
             print(f"embedded Redis at {self.env['REDIS_URL']}", flush=True)
         output = None if self.log is None else self.log.open("ab")
-        subprocess.run(
-            [sys.executable, "-m", "skinscreen.gateway.prestart"],
-            env=self.env,
-            check=True,
-            stdout=output,
-            stderr=output,
-        )
+        subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
         # Own process groups: Ctrl-C reaches only the supervisor, which stops them in order.
-        self.processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "skinscreen.inference.worker"],
-                env=self.env,
-                start_new_session=True,
-                stdout=output,
-                stderr=output,
+        gateway = gateway_command(self.host, self.port, "--no-access-log")
+        for command in (WORKER_COMMAND, gateway):
+            self.processes.append(
+                subprocess.Popen(
+                    command, env=self.env, start_new_session=True, stdout=output, stderr=output
+                )
             )
-        )
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable, "-m", "uvicorn", "--factory",
-                    "skinscreen.gateway.main:create_app",
-                    "--host", self.host, "--port", str(self.port), "--no-access-log",
-                ],
-                env=self.env,
-                start_new_session=True,
-                stdout=output,
-                stderr=output,
-            )
-        )  # fmt: skip
         if output is not None:
             output.close()  # the children hold their own copies
         self._wait_ready(ready_timeout_s)

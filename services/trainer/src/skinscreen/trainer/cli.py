@@ -24,7 +24,7 @@ from skinscreen.core.card import ModelIntegrityError, publish, read_card, verifi
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import binary_metrics
-from skinscreen.trainer.export import ExportError, export_onnx
+from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
 from skinscreen.trainer.model import load_checkpoint
 from skinscreen.trainer.training import load_images
 
@@ -150,8 +150,7 @@ def command_export(args: argparse.Namespace) -> int:
     """Re-export a run's checkpoint to ONNX, checked against PyTorch on real photos."""
     model, _ = load_checkpoint(Path(args.checkpoint))
     dataset = load_pad_ufes(Path(args.data))
-    rows = np.linspace(0, len(dataset) - 1, min(8, len(dataset))).astype(int)
-    subset = dataset.subset(rows)
+    subset = dataset.subset(parity_rows(len(dataset)))
     images = load_images(subset, model.spec.image_size).numpy()
     difference = export_onnx(model, Path(args.output), images, subset.clinical)
     print(f"wrote {args.output}; max |ONNX Runtime - PyTorch| = {difference:.1e}")

@@ -27,6 +27,14 @@ INPUT_NAMES: Final = ("image", "clinical")
 OUTPUT_NAME: Final = "cancer_probability"
 
 
+PARITY_ROWS: Final = 8
+
+
+def parity_rows(n_photos: int) -> np.ndarray:
+    """Which photos check an export: up to PARITY_ROWS spread over the data set."""
+    return np.linspace(0, n_photos - 1, min(PARITY_ROWS, n_photos)).astype(int)
+
+
 class ExportError(RuntimeError):
     """The exported graph failed a check; nothing was published."""
 

@@ -23,14 +23,12 @@ from skinscreen.trainer.evaluation import (
     patient_folds,
     summarise,
 )
-from skinscreen.trainer.export import export_onnx
+from skinscreen.trainer.export import export_onnx, parity_rows
 from skinscreen.trainer.model import save_checkpoint
 from skinscreen.trainer.report import write_report
 from skinscreen.trainer.training import Trainer, load_images
 
 log = logging.getLogger(__name__)
-
-PARITY_ROWS = 8
 
 
 @dataclass
@@ -159,11 +157,9 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     save_checkpoint(final, run_dir / "checkpoint.pt", extra={"threshold": cv.threshold.value})
 
     mark = time.perf_counter()
-    parity_rows = np.linspace(0, len(dataset) - 1, min(PARITY_ROWS, len(dataset))).astype(int)
+    rows = parity_rows(len(dataset))
     model_path = run_dir / "model.onnx"
-    parity = export_onnx(
-        final, model_path, images[parity_rows].numpy(), dataset.clinical[parity_rows]
-    )
+    parity = export_onnx(final, model_path, images[rows].numpy(), dataset.clinical[rows])
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
