@@ -62,6 +62,12 @@ class Dataset:
     root: Path
     skipped_missing_image: int = 0
     diagnoses: Counter[str] = field(default_factory=Counter)
+    # Where the samples came from, for model cards; one source unless datasets were merged.
+    source: str = ""
+
+    @property
+    def description(self) -> str:
+        return self.source or f"PAD-UFES-20 at {self.root}"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -92,6 +98,7 @@ class Dataset:
             self.root,
             self.skipped_missing_image,
             Counter(sample.diagnostic for sample in chosen),
+            self.source,
         )
 
     def fingerprint(self) -> str:

@@ -18,6 +18,10 @@ from skinscreen.core.clinical import ClinicalInput
 
 TASK_NAME: Final = "skinscreen.screen"
 QUEUE: Final = "screenings"
+# Training has its own queue, never shared with inference: a run takes minutes to hours
+# and must not hold up screenings, nor be taken by an inference worker.
+TRAINING_TASK_NAME: Final = "skinscreen.train"
+TRAINING_QUEUE: Final = "training"
 
 
 class ScreeningTask(BaseModel):
@@ -38,9 +42,15 @@ class CeleryConfig:
         self.CELERY_RESULT_BACKEND = redis_url
         # Results live in PostgreSQL; Redis holds only what can be lost.
         self.CELERY_TASK_IGNORE_RESULT = True
-        self.CELERY_TASK_QUEUES = (Queue(QUEUE, routing_key=QUEUE),)
+        self.CELERY_TASK_QUEUES = (
+            Queue(QUEUE, routing_key=QUEUE),
+            Queue(TRAINING_QUEUE, routing_key=TRAINING_QUEUE),
+        )
         self.CELERY_TASK_DEFAULT_QUEUE = QUEUE
-        self.CELERY_TASK_ROUTES = {TASK_NAME: {"queue": QUEUE}}
+        self.CELERY_TASK_ROUTES = {
+            TASK_NAME: {"queue": QUEUE},
+            TRAINING_TASK_NAME: {"queue": TRAINING_QUEUE},
+        }
         self.CELERY_TASK_CREATE_MISSING_QUEUES = False
         # Acknowledge after the result is in PostgreSQL: a killed worker's tasks come back.
         self.CELERY_TASK_ACKS_LATE = True

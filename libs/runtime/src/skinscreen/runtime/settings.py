@@ -19,8 +19,23 @@ class SharedSettings(BaseSettings):
     DATABASE_URL: str = Field(description="PostgreSQL URL (asyncpg form).")
     REDIS_URL: str = Field(description="Redis URL: the Celery broker and result backend.")
     BLOB_DIR: Path = Field(Path("var/blobs"), description="Where original uploads are kept.")
-    MODEL_STORE: Path = Field(Path("models"), description="Published models: <store>/<name>/<v>/.")
-    MODEL_NAME: str = "skinscreen-fusion"
+    MODEL_STORE: str = Field(
+        "models",
+        description="The artifact store of published models, <store>/<name>/<version>/: a "
+        "folder, or an fsspec URI such as s3://bucket/models (skinscreen-runtime[s3]).",
+    )
+    MODEL_NAME: str = Field(
+        "skinscreen-fusion", description="The model whose active version serves."
+    )
+    SHIPPED_MODELS: Path | None = Field(
+        None,
+        description="Published models shipped with the project (the repo's models/); the "
+        "pre-start step copies those missing into MODEL_STORE and registers them.",
+    )
+    TRAINING_DATA_DIR: Path = Field(
+        Path("data"),
+        description="Where training data sources live, one folder each (e.g. pad-ufes-20/).",
+    )
     CELERY_VISIBILITY_TIMEOUT_S: int = Field(
         300,
         gt=0,

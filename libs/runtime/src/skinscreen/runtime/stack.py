@@ -2,9 +2,10 @@
 
 Starts an embedded PostgreSQL and redis-server in a local data folder when
 DATABASE_URL / REDIS_URL are unset, runs the gateway's pre-start step
-(migrations), then the inference worker and the gateway, and prints the URL.
-It runs the services as child processes, so it needs them installed but
-imports neither.
+(migrations, models shipped in ./models registered), then the inference
+worker, the trainer worker (when installed) and the gateway, and prints the
+URL. It runs the services as child processes, so it needs them installed but
+imports none of them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SERVICES: Final = {
 # How each service process is started; the test fixtures start them the same way.
 PRESTART_COMMAND = [sys.executable, "-m", "skinscreen.gateway.prestart"]
 WORKER_COMMAND = [sys.executable, "-m", "skinscreen.inference.worker"]
+TRAINER_COMMAND = [sys.executable, "-m", "skinscreen.trainer.worker"]
 
 
 def gateway_command(host: str, port: int, *options: str) -> list[str]:
@@ -65,12 +67,20 @@ class Stack:
         port: int,
         environ: Mapping[str, str] | None = None,
         log: Path | None = None,
+        with_trainer: bool = True,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.host = host
         self.port = port
         self.env = dict(os.environ if environ is None else environ)
         self.env.setdefault("BLOB_DIR", str(data / "blobs"))
+        # Versions trained here are published beside the data, never into the repo's models/,
+        # which only seeds the store.
+        self.env.setdefault("MODEL_STORE", str(data / "models"))
+        self.env.setdefault("RUNS_DIR", str(data / "runs"))
+        if Path("models").is_dir():
+            self.env.setdefault("SHIPPED_MODELS", "models")
+        self.with_trainer = with_trainer and find_spec("skinscreen.trainer") is not None
         self.data = data
         self._postgres = EmbeddedPostgres(data / "postgres")
         self._redis = EmbeddedRedis(data / "redis")
@@ -90,7 +100,8 @@ class Stack:
         subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
         # Own process groups: Ctrl-C reaches only the supervisor, which stops them in order.
         gateway = gateway_command(self.host, self.port, "--no-access-log")
-        for command in (WORKER_COMMAND, gateway):
+        trainer = [TRAINER_COMMAND] if self.with_trainer else []
+        for command in (WORKER_COMMAND, *trainer, gateway):
             self.processes.append(
                 subprocess.Popen(
                     command, env=self.env, start_new_session=True, stdout=output, stderr=output

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,8 +18,10 @@ from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import make_celery
 
 from .deps import Services
+from .metrics import MetricsMiddleware, record_rejection
+from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
-from .routes import health, screenings
+from .routes import diagnoses, health, models, screenings, training_runs
 from .settings import Settings, get_settings
 
 # Room for the multipart framing and the clinical JSON around the image itself.
@@ -65,13 +68,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def too_large_or_default(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        record_rejection(exc.status_code, exc.detail)
         # Starlette's body limit stops reading at the limit and says only "Content Too Large".
         if exc.status_code == 413 and exc.detail == "Content Too Large":
             detail = f"request body too large: the image may be at most {upload_limit} bytes"
             return JSONResponse({"detail": detail}, status_code=413)
         return await http_exception_handler(request, exc)
 
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        record_rejection(422, exc.errors())
+        return await request_validation_exception_handler(request, exc)
+
     app.add_exception_handler(StarletteHTTPException, too_large_or_default)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(screenings.router, max_body_size=upload_limit + FORM_OVERHEAD_BYTES)
+    app.include_router(diagnoses.router)
+    app.include_router(training_runs.router)
+    app.include_router(models.router)
     return app

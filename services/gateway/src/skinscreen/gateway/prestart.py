@@ -1,4 +1,9 @@
-"""The pre-start step: wait for PostgreSQL and Redis, apply migrations, check the model."""
+"""The pre-start step: wait for PostgreSQL and Redis, apply migrations, register the models.
+
+Models shipped with the project (SHIPPED_MODELS) are copied into the artifact
+store when missing; every version in the store is registered, and a model
+name without an active version gets its newest one, so a fresh database serves.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ import time
 from redis import Redis
 from redis.exceptions import RedisError
 
-from skinscreen.core.card import latest_version, verified_model
-from skinscreen.runtime.database import apply_migrations, wait_for_database
+from skinscreen.runtime import registry
+from skinscreen.runtime.artifacts import ArtifactStore, import_published
+from skinscreen.runtime.database import apply_migrations, create_pool, wait_for_database
 
 from .settings import get_settings
 
@@ -33,6 +39,23 @@ def wait_for_redis(url: str, timeout_s: float) -> None:
             client.close()
 
 
+async def register_models(database_url: str, store: ArtifactStore, name: str) -> None:
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        for active in await registry.register_store(pool, store, actor="pre-start"):
+            logger.info(
+                "active model: %s %s (%s)", active.name, active.version, active.artifact_uri
+            )
+        if await registry.get_active(pool, name) is None:
+            raise SystemExit(
+                f"no version of model {name} is published in MODEL_STORE={store.root_uri}"
+                " or registered active; publish one (skinscreen-trainer publish) or set "
+                "SHIPPED_MODELS to the project's models/ folder"
+            )
+    finally:
+        await pool.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per server")
@@ -43,8 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     applied = asyncio.run(apply_migrations(settings.DATABASE_URL))
     logger.info("migrations applied: %s", ", ".join(applied) or "none (schema up to date)")
     wait_for_redis(settings.REDIS_URL, args.timeout)
-    _, card = verified_model(latest_version(settings.MODEL_STORE, settings.MODEL_NAME))
-    logger.info("active model: %s %s", card.name, card.version)
+    store = ArtifactStore(settings.MODEL_STORE)
+    if settings.SHIPPED_MODELS is not None:
+        for uri in import_published(store, settings.SHIPPED_MODELS):
+            logger.info("shipped model published at %s", uri)
+    asyncio.run(register_models(settings.DATABASE_URL, store, settings.MODEL_NAME))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from skinscreen.core.clinical import ClinicalInput
 
@@ -79,3 +80,129 @@ class CheckResult(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, CheckResult]
+
+
+class ModelVersionOut(BaseModel):
+    """A registered model version, as operators see it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    status: str = Field(description="candidate, active (one per name) or retired.")
+    artifact_uri: str = Field(description="Where its model.onnx and card.json are.")
+    sha256: str = Field(description="sha256 of model.onnx, checked on every load.")
+    created_at: datetime
+    promoted_by: str | None = Field(description="Who or what last made it active.")
+    promoted_at: datetime | None
+    training_run_id: UUID | None = Field(description="The run that produced it, if any.")
+    cross_validation: dict[str, dict[str, float]] = Field(
+        description="Patient-grouped k-fold metrics at its threshold: {metric: {mean, std}}."
+    )
+    decision_threshold: float
+
+
+class ModelVersionList(BaseModel):
+    items: list[ModelVersionOut] = Field(description="Newest first.")
+
+
+class Activation(BaseModel):
+    version: str
+    previous_version: str | None
+    action: str = Field(description="promote or rollback.")
+    actor: str
+    reason: str
+    activated_at: datetime
+
+
+class ActivationList(BaseModel):
+    items: list[Activation] = Field(description="Oldest first.")
+
+
+class SwitchRequest(BaseModel):
+    """Why an operator switches versions; kept in the activation history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+    requested_by: str = Field("api", min_length=1, max_length=100, description="Who asks.")
+
+
+class TrainingRunLinks(BaseModel):
+    self: str
+
+
+class TrainingRunAccepted(BaseModel):
+    id: UUID
+    status: str = Field(description="Always `queued` on acceptance.")
+    links: TrainingRunLinks
+
+
+class TrainingRun(BaseModel):
+    id: UUID
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    config: dict[str, Any] = Field(description="The validated training request.")
+    requested_by: str
+    progress: dict[str, Any] = Field(
+        description="stage, and fold/folds, epoch/epochs while fitting."
+    )
+    cancel_requested: bool
+    metrics: dict[str, Any] | None = Field(
+        description="Cross-validated metrics (mean, std) once succeeded."
+    )
+    model_name: str
+    candidate_version: str | None = Field(description="The version it published.")
+    promoted: bool | None = Field(description="Whether the promotion gate made it active.")
+    promotion_reason: str | None = Field(description="Why it was, or was not, promoted.")
+    failure_reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: TrainingRunLinks
+
+
+class TrainingRunPage(BaseModel):
+    items: list[TrainingRun] = Field(description="Newest first.")
+
+
+class Diagnosis(StrEnum):
+    ACK = "ACK"
+    BCC = "BCC"
+    MEL = "MEL"
+    NEV = "NEV"
+    SCC = "SCC"
+    SEK = "SEK"
+    OTHER = "OTHER"
+
+
+class Confirmation(StrEnum):
+    HISTOPATHOLOGY = "histopathology"
+    CLINICAL_CONSENSUS = "clinical_consensus"
+
+
+class DiagnosisIn(BaseModel):
+    """A confirmed diagnosis of a screened lesion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    diagnosis: Diagnosis = Field(
+        description="A PAD-UFES-20 label (BCC, SCC, MEL are cancers; ACK, NEV, SEK are not) "
+        "or OTHER (kept, but not trained on: its cancer status is not known)."
+    )
+    confirmed_by: Confirmation
+    patient_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="A pseudonymous patient id, so one patient's lesions stay in one fold; "
+        "absent: the screening is its own patient.",
+    )
+
+
+class DiagnosisOut(BaseModel):
+    screening_id: UUID
+    diagnosis: Diagnosis
+    confirmed_by: Confirmation
+    patient_id: str
+    recorded_at: datetime
+    updated_at: datetime

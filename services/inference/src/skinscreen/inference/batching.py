@@ -4,7 +4,10 @@ Celery runs each task in a thread; the task decodes its photo and hands it to
 the batcher, which waits for up to `max_batch_size` screenings or `max_wait_ms`
 after the first, runs the model once, writes all results in one statement and
 only then releases the tasks, so Celery acknowledges a message only once its
-result is in PostgreSQL.
+result is in PostgreSQL. Each batch is scored by the version `ActiveModel`
+serves when the batch starts; if that version was retired meanwhile, the
+batch is scored again by the new one, so every result carries a version that
+was active when it was written.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -26,11 +29,15 @@ import numpy as np
 from skinscreen.runtime.database import create_pool
 
 from . import store
+from .active_model import ActiveModel
 from .model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Scorings of one batch while versions switch under it; the last one always writes.
+MAX_RESCORES = 3
 
 
 class Outcome(StrEnum):
@@ -44,6 +51,8 @@ class _Item:
     screening_id: UUID
     image: np.ndarray
     clinical: np.ndarray
+    # Preprocesses the photo again at another input size, if a switch brings one.
+    reprocess: Callable[[int], np.ndarray]
     future: concurrent.futures.Future[Outcome] = field(default_factory=concurrent.futures.Future)
 
 
@@ -51,9 +60,9 @@ class Batcher:
     """Owns an event loop thread with the database pool and the batching coroutine."""
 
     def __init__(
-        self, model: LoadedModel, database_url: str, max_batch_size: int, max_wait_ms: float
+        self, models: ActiveModel, database_url: str, max_batch_size: int, max_wait_ms: float
     ) -> None:
-        self.model = model
+        self.models = models
         self.database_url = database_url
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -76,11 +85,21 @@ class Batcher:
             self._thread.join()
         self._inference.shutdown()
 
+    @property
+    def model(self) -> LoadedModel:
+        """The version serving now; the next batch starts with it."""
+        return self.models.current
+
     def submit(
-        self, screening_id: UUID, image: np.ndarray, clinical: np.ndarray, timeout_s: float
+        self,
+        screening_id: UUID,
+        image: np.ndarray,
+        clinical: np.ndarray,
+        reprocess: Callable[[int], np.ndarray],
+        timeout_s: float,
     ) -> Outcome:
         """Queue one screening for the next batch and block until its result is written."""
-        item = _Item(screening_id, image, clinical)
+        item = _Item(screening_id, image, clinical, reprocess)
         assert self._queue is not None, "Batcher.start() first"
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         return item.future.result(timeout_s)
@@ -97,12 +116,14 @@ class Batcher:
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
-        self._pool = await create_pool(self.database_url, max_size=2)
+        self._pool = await create_pool(self.database_url, max_size=3)
+        await self.models.start(self._pool)
         self._task = asyncio.create_task(self._run())
 
     async def _close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        await self.models.stop()
         if self._pool is not None:
             await self._pool.close()
 
@@ -143,28 +164,58 @@ class Batcher:
                 item.future.set_result(Outcome.ALREADY_FINISHED)
         if not todo:
             return
-        images = np.stack([item.image for item in todo])
         clinical = np.stack([item.clinical for item in todo])
-        started = time.perf_counter()
-        probabilities = await asyncio.get_running_loop().run_in_executor(
-            self._inference, self.model.predict, images, clinical
-        )
-        inference_ms = (time.perf_counter() - started) * 1000.0
-        batch_id, written = await store.record_batch(
-            self._pool,
-            [item.screening_id for item in todo],
-            probabilities,
-            threshold=self.model.threshold,
-            model_version=self.model.version,
-            provider=self.model.provider,
-            inference_ms=inference_ms,
-        )
+        model = self.models.current
+        keep_serving = False
+        for attempt in range(1, MAX_RESCORES + 1):
+            record, inference_ms = await self._score(model, todo, clinical, keep_serving)
+            if record.version_active:
+                break
+            newer = await self.models.refresh()
+            if newer is None or newer.version == model.version or attempt == MAX_RESCORES - 1:
+                # The active version could not be loaded (reported), or versions keep
+                # switching: the one in hand writes, and scoring goes on.
+                keep_serving = True
+            if newer is not None:
+                model = newer
+            logger.info(
+                "batch %d: the version that scored it was retired; scoring it again with %s",
+                record.batch_id,
+                model.version,
+            )
         logger.info(
-            "batch %d: %d screenings, %d written, %.1f ms",
-            batch_id,
+            "batch %d: %d screenings, %d written by %s, %.1f ms",
+            record.batch_id,
             len(todo),
-            written,
+            record.written,
+            model.version,
             inference_ms,
         )
         for item in todo:
             item.future.set_result(Outcome.WRITTEN)
+
+    async def _score(
+        self, model: LoadedModel, todo: list[_Item], clinical: np.ndarray, keep_serving: bool
+    ) -> tuple[store.BatchRecord, float]:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        images = np.stack([
+            item.image if item.image.shape[0] == model.input_size
+            else await loop.run_in_executor(self._inference, item.reprocess, model.input_size)
+            for item in todo
+        ])  # fmt: skip
+        started = time.perf_counter()
+        probabilities = await loop.run_in_executor(self._inference, model.predict, images, clinical)
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        record = await store.record_batch(
+            self._pool,
+            [item.screening_id for item in todo],
+            probabilities,
+            threshold=model.threshold,
+            model_name=model.name,
+            model_version=model.version,
+            provider=model.provider,
+            inference_ms=inference_ms,
+            keep_serving=keep_serving,
+        )
+        return record, inference_ms

@@ -25,10 +25,11 @@ import numpy as np
 from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
+from skinscreen.runtime import registry
 from skinscreen.runtime.embedded import free_port
 from skinscreen.runtime.stack import Stack
 
-from .model import load_model
+from .model import load_version
 from .settings import Settings
 
 
@@ -48,9 +49,21 @@ def read_photos(folder: Path, limit: int) -> list[Photo]:
     return [Photo(s.image_path.read_bytes(), s.image_path, s.clinical) for s in samples]
 
 
+async def active_version(settings: Settings) -> registry.ModelVersion:
+    """The version the worker serves: the registry's active one."""
+    connection = await asyncpg.connect(settings.DATABASE_URL)
+    try:
+        version = await registry.get_active(connection, settings.MODEL_NAME)
+    finally:
+        await connection.close()
+    if version is None:
+        raise SystemExit(f"skinscreen-bench: no active version of {settings.MODEL_NAME}")
+    return version
+
+
 def raw_throughput(settings: Settings, photos: list[Photo], duration_s: float) -> float:
     """Screenings per second of ONNX Runtime alone, in batches of MAX_BATCH_SIZE."""
-    model = load_model(settings.MODEL_STORE, settings.MODEL_NAME, settings.INTRA_OP_THREADS)
+    model = load_version(asyncio.run(active_version(settings)), settings.INTRA_OP_THREADS)
     size = settings.MAX_BATCH_SIZE
     chosen = (photos * (size // len(photos) + 1))[:size]
     images = np.stack([load_and_preprocess(photo.path, model.input_size) for photo in chosen])
@@ -171,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             if key not in ("DATABASE_URL", "REDIS_URL")
         }  # fmt: skip
         log = Path(data) / "stack.log"
-        stack = Stack(Path(data), "127.0.0.1", free_port(), environ, log=log)
+        stack = Stack(Path(data), "127.0.0.1", free_port(), environ, log=log, with_trainer=False)
         try:
             stack.start()
             run(args, stack.url, Settings.model_validate(stack.env))

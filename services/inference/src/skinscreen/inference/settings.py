@@ -25,6 +25,12 @@ class Settings(SharedSettings):
     RESULT_TIMEOUT_S: float = Field(
         120.0, gt=0, description="Longest a task waits for its batch before retrying."
     )
+    MODEL_POLL_S: float = Field(
+        30.0,
+        gt=0,
+        description="How often the worker re-reads the registry's active version, in case a "
+        "pub/sub announcement was missed.",
+    )
     INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
     LOG_LEVEL: str = "INFO"
 

@@ -6,6 +6,7 @@ delivered twice (a worker died before acknowledging it) is written once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
@@ -23,9 +24,16 @@ RETURNING id
 """
 
 # One statement, so one round trip per batch: the batch row, every result and
-# the notifications that wake long-polling clients (sent on commit).
+# the notifications that wake long-polling clients (sent on commit). Results are
+# written only while the version that scored them is the active one ($8: or
+# when the worker is told to keep serving it); the FOR SHARE lock makes a
+# promotion wait for this write, so a result never postdates its version's retirement.
 RECORD_BATCH: Final = f"""
-WITH batch AS (
+WITH serving AS (
+    SELECT version FROM model_versions
+    WHERE name = $7 AND version = $4 AND (status = 'active' OR $8)
+    FOR SHARE
+), batch AS (
     SELECT nextval(pg_get_serial_sequence('inference_batches', 'id')) AS id
 ), written AS (
     UPDATE screenings AS s
@@ -33,13 +41,15 @@ WITH batch AS (
         suspicious = r.probability >= $3, threshold = $3, model_version = $4,
         batch_id = (SELECT id FROM batch), completed_at = now(), updated_at = now()
     FROM unnest($1::uuid[], $2::float8[]) AS r (id, probability)
-    WHERE s.id = r.id AND s.status IN ('queued', 'running')
+    WHERE s.id = r.id AND s.status IN ('queued', 'running') AND EXISTS (SELECT FROM serving)
     RETURNING s.id
 ), recorded AS (
     INSERT INTO inference_batches (id, size, written, model_version, provider, inference_ms)
-    SELECT batch.id, $5, (SELECT count(*) FROM written), $4, $6, $7 FROM batch
+    SELECT batch.id, $5, (SELECT count(*) FROM written), $4, $6, $9 FROM batch
+    WHERE EXISTS (SELECT FROM serving)
 )
 SELECT (SELECT id FROM batch) AS batch_id,
+       EXISTS (SELECT FROM serving) AS version_active,
        count(pg_notify('{FINISHED_CHANNEL}', written.id::text)) AS written
 FROM written
 """
@@ -61,17 +71,27 @@ async def claim(pool: asyncpg.Pool, screening_ids: list[UUID]) -> set[UUID]:
     return {row["id"] for row in rows}
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: int
+    written: int
+    # False: the version was retired meanwhile; nothing was written, score the batch again.
+    version_active: bool
+
+
 async def record_batch(
     pool: asyncpg.Pool,
     screening_ids: list[UUID],
     probabilities: np.ndarray,
     *,
     threshold: float,
+    model_name: str,
     model_version: str,
     provider: str,
     inference_ms: float,
-) -> tuple[int, int]:
-    """Write a batch's results; return (batch id, results written)."""
+    keep_serving: bool = False,
+) -> BatchRecord:
+    """Write a batch's results if `model_version` is still active (or `keep_serving`)."""
     row = await pool.fetchrow(
         RECORD_BATCH,
         screening_ids,
@@ -80,10 +100,12 @@ async def record_batch(
         model_version,
         len(screening_ids),
         provider,
+        model_name,
+        keep_serving,
         inference_ms,
     )
     assert row is not None
-    return int(row["batch_id"]), int(row["written"])
+    return BatchRecord(int(row["batch_id"]), int(row["written"]), bool(row["version_active"]))
 
 
 async def fail(pool: asyncpg.Pool, screening_id: UUID, reason: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from typing import Any
@@ -17,8 +18,8 @@ from skinscreen.core.imaging import preprocess
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask, make_celery
 
+from .active_model import ActiveModel
 from .batching import Batcher
-from .model import LoadedModel, load_model
 from .settings import get_settings
 
 # Uploads may be HEIC/HEIF (iPhones); the gateway accepted them, so the worker must read them.
@@ -35,7 +36,6 @@ TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Runt
 
 class _Runtime:
     def __init__(self) -> None:
-        self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.blobs = BlobStore(settings.BLOB_DIR)
 
@@ -45,17 +45,19 @@ runtime = _Runtime()
 
 @worker_init.connect
 def _start_runtime(**_: Any) -> None:
-    """Load the model and open the database before taking any task, so a bad setup fails fast."""
-    runtime.model = load_model(settings.MODEL_STORE, settings.MODEL_NAME, settings.INTRA_OP_THREADS)
+    """Load the active model and open the database before taking any task: fail fast."""
+    models = ActiveModel(
+        settings.MODEL_NAME, settings.REDIS_URL, settings.MODEL_POLL_S, settings.INTRA_OP_THREADS
+    )
     runtime.batcher = Batcher(
-        runtime.model, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
+        models, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
     )
     runtime.batcher.start()
     logger.info(
         "model %s %s on %s; batches of up to %d, waiting at most %.1f ms",
-        runtime.model.card.name,
-        runtime.model.version,
-        runtime.model.provider,
+        runtime.batcher.model.name,
+        runtime.batcher.model.version,
+        runtime.batcher.model.provider,
         settings.MAX_BATCH_SIZE,
         settings.MAX_WAIT_MS,
     )
@@ -88,12 +90,15 @@ def screen(self: Task, message: dict[str, Any]) -> str:
     """Run one screening through the next batch; its result is in PostgreSQL when this returns."""
     task = ScreeningTask.model_validate(message)
     assert runtime.batcher is not None, "worker_init did not run"
-    assert runtime.model is not None, "worker_init did not run"
     try:
         data = runtime.blobs.read(task.image_key)
-        image = _decode(data, runtime.model.input_size)
+        image = _decode(data, runtime.batcher.model.input_size)
         outcome = runtime.batcher.submit(
-            task.screening_id, image, encode(task.clinical), settings.RESULT_TIMEOUT_S
+            task.screening_id,
+            image,
+            encode(task.clinical),
+            functools.partial(_decode, data),
+            settings.RESULT_TIMEOUT_S,
         )
     except PermanentError as exc:
         runtime.batcher.fail(task.screening_id, str(exc))

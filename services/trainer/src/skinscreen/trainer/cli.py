@@ -1,4 +1,4 @@
-"""Command line of the trainer: train, evaluate, export, publish.
+"""Command line of the trainer: train, evaluate, export, publish; models and runs.
 
 Thin over the library: it parses arguments, validates them through
 `TrainConfig`, and calls into the package. Bad input ends with exit code 2
@@ -26,6 +26,7 @@ from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import binary_metrics
 from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
 from skinscreen.trainer.model import load_checkpoint
+from skinscreen.trainer.registry_cli import add_registry_commands
 from skinscreen.trainer.training import load_images
 
 log = logging.getLogger("skinscreen.trainer")
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish_parser.add_argument("--store", default="var/models", help="model store")
     publish_parser.set_defaults(handler=command_publish)
+
+    add_registry_commands(commands)
     return parser
 
 
@@ -217,8 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataError,
         ExportError,
         ModelIntegrityError,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,
         ValueError,
     ) as error:
         print(f"skinscreen-trainer {args.command}: error: {error}", file=sys.stderr)

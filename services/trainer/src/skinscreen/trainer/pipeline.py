@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,11 +121,24 @@ def cross_validate(
     )
 
 
-def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResult:
-    """Cross-validate, fit on all data, export, report, and publish into `store` (if given)."""
+def run_training(
+    config: TrainConfig,
+    runs: Path,
+    store: Path | None,
+    *,
+    dataset: Dataset | None = None,
+    on_epoch: Callable[[str, int, int], None] | None = None,
+) -> RunResult:
+    """Cross-validate, fit on all data, export, report, and publish into `store` (if given).
+
+    `dataset` replaces PAD-UFES-20 at `config.data` (the trainer worker merges
+    several sources); `on_epoch` is the `Trainer`'s per-epoch callback.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    dataset = select_subset(load_pad_ufes(config.data), config.max_samples, config.seed)
+    if dataset is None:
+        dataset = load_pad_ufes(config.data)
+    dataset = select_subset(dataset, config.max_samples, config.seed)
     log.info(
         "PAD-UFES-20: %d photos used, %d rows skipped (photo missing); %s",
         len(dataset),
@@ -137,7 +151,7 @@ def run_training(config: TrainConfig, runs: Path, store: Path | None) -> RunResu
     timings["load_photos_s"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    trainer = Trainer(config, dataset, images, progress=log.info)
+    trainer = Trainer(config, dataset, images, progress=log.info, on_epoch=on_epoch)
     timings["cache_views_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -196,7 +210,7 @@ def build_card(
         ),
         data_fingerprint=dataset.fingerprint(),
         data_description=(
-            f"PAD-UFES-20 at {config.data}: {len(dataset)} photos, "
+            f"{dataset.description}: {len(dataset)} photos, "
             f"{len(set(dataset.groups))} patients; "
             f"{dataset.skipped_missing_image} metadata rows without a photo skipped"
         ),

@@ -162,6 +162,7 @@ class Trainer:
         dataset: Dataset,
         images: torch.Tensor,
         progress: Callable[[str], None] = log.info,
+        on_epoch: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.config = config
         self.images = images
@@ -171,6 +172,9 @@ class Trainer:
         )
         self.device = resolve_device(config.device)
         self.progress = progress
+        # Called as (what is being fitted, epoch, epochs) after every epoch; the trainer
+        # worker reports progress through it, and stops a cancelled run by raising.
+        self.on_epoch = on_epoch
         self.template = build_model(
             config.model_spec(), pretrained=True, weights_path=config.resnet_weights
         )
@@ -255,7 +259,7 @@ class Trainer:
         loss_fn = nn.CrossEntropyLoss(weight=weights)
         model.to(self.device)
         generator = torch.Generator().manual_seed(seed)
-        for _ in tqdm(range(self.config.epochs), desc=desc, unit="epoch", leave=False):
+        for epoch in tqdm(range(self.config.epochs), desc=desc, unit="epoch", leave=False):
             self._train_mode(model)
             for features, clinical, targets in self._batches(model, inputs, generator):
                 loss = loss_fn(
@@ -265,6 +269,8 @@ class Trainer:
                 loss.backward()
                 optimizer.step()
             scheduler.step()
+            if self.on_epoch is not None:
+                self.on_epoch(desc, epoch + 1, self.config.epochs)
         model.eval().cpu()
         return model
 

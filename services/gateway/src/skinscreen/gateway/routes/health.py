@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from skinscreen.core.card import MODEL_FILE, latest_version, read_card
+from skinscreen.runtime import registry
+from skinscreen.runtime.artifacts import read_card
 
 from ..deps import ServicesDep
 from ..schemas import CheckResult, Readiness
@@ -36,15 +38,16 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["broker"] = CheckResult(ok=True, detail="Redis answers")
     except Exception as exc:
         checks["broker"] = CheckResult(ok=False, detail=f"Redis: {exc}")
-    settings = services.settings
+    name = services.settings.MODEL_NAME
     try:
-        folder = latest_version(settings.MODEL_STORE, settings.MODEL_NAME)
-        card = read_card(folder)
-        if not (folder / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{folder / MODEL_FILE} is missing")
-        checks["model"] = CheckResult(ok=True, detail=f"{card.name} {card.version}")
-    except (OSError, ValueError) as exc:
-        checks["model"] = CheckResult(ok=False, detail=str(exc))
+        active = await registry.get_active(services.pool, name)
+        if active is None:
+            raise LookupError(f"the registry has no active version of {name}")
+        # The card, not the whole model: a probe must stay cheap. Workers check the sha256.
+        await run_in_threadpool(read_card, active.artifact_uri)
+        checks["model"] = CheckResult(ok=True, detail=f"{name} {active.version} is active")
+    except Exception as exc:
+        checks["model"] = CheckResult(ok=False, detail=f"model: {exc}")
     ready = all(check.ok for check in checks.values())
     body = Readiness(ready=ready, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

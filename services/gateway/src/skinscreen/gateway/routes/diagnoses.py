@@ -1,0 +1,63 @@
+"""/v1/screenings/{id}/diagnosis: the confirmed diagnosis of a screened lesion, for retraining."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Response
+
+from ..deps import ServicesDep
+from ..schemas import DiagnosisIn, DiagnosisOut, Problem
+from .screenings import PREFIX
+
+router = APIRouter(prefix=PREFIX, tags=["diagnoses"])
+
+COLUMNS = "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updated_at"
+
+
+@router.post(
+    "/{screening_id}/diagnosis",
+    status_code=201,
+    response_model=DiagnosisOut,
+    summary="Record how a screened lesion was confirmed; the trainer can learn from it",
+    responses={
+        200: {"model": DiagnosisOut, "description": "Replaced the diagnosis recorded before."},
+        201: {"description": "Recorded."},
+        404: {"model": Problem, "description": "No screening with this id."},
+    },
+)
+async def record_diagnosis(
+    screening_id: UUID, body: DiagnosisIn, response: Response, services: ServicesDep
+) -> DiagnosisOut:
+    row = await services.pool.fetchrow(
+        "INSERT INTO diagnoses (screening_id, diagnosis, confirmed_by, patient_id)"
+        " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings WHERE id = $1"
+        " ON CONFLICT (screening_id) DO UPDATE SET diagnosis = excluded.diagnosis,"
+        " confirmed_by = excluded.confirmed_by, patient_id = excluded.patient_id,"
+        " updated_at = now()"
+        f" RETURNING {COLUMNS}, (xmax <> 0) AS replaced",
+        screening_id,
+        body.diagnosis.value,
+        body.confirmed_by.value,
+        body.patient_id,
+    )
+    if row is None:
+        raise HTTPException(404, f"no screening with id {screening_id}")
+    if row["replaced"]:
+        response.status_code = 200
+    return DiagnosisOut(**{key: row[key] for key in DiagnosisOut.model_fields})
+
+
+@router.get(
+    "/{screening_id}/diagnosis",
+    response_model=DiagnosisOut,
+    summary="The confirmed diagnosis recorded for a screening",
+    responses={404: {"model": Problem, "description": "No screening, or no diagnosis yet."}},
+)
+async def read_diagnosis(screening_id: UUID, services: ServicesDep) -> DiagnosisOut:
+    row = await services.pool.fetchrow(
+        f"SELECT {COLUMNS} FROM diagnoses WHERE screening_id = $1", screening_id
+    )
+    if row is None:
+        raise HTTPException(404, f"no diagnosis recorded for screening {screening_id}")
+    return DiagnosisOut(**dict(row))
