@@ -7,6 +7,7 @@ worker on a real Redis, results land in a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -23,9 +25,10 @@ from redis import Redis
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import load_pad_ufes
+from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from skinscreen.runtime.stack import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 
 MODEL_NAME = "skinscreen-fusion"
 # Short, so the fault test sees a killed worker's tasks come back within seconds.
@@ -256,3 +259,74 @@ def submit_photo() -> Any:
 @pytest.fixture
 def restart_worker() -> Any:
     return start_worker
+
+
+@dataclass
+class Lifecycle:
+    """A stack of its own (database, Redis database, artifact store) that tests may switch."""
+
+    env: dict[str, str]
+    url: str
+    database: Database
+    store: ArtifactStore
+    worker: Process
+    shipped_version: str
+
+
+def _own_database(servers: Servers, name: str) -> str:
+    """A fresh database on the session's server: registry changes stay in one module."""
+
+    async def create() -> None:
+        connection = await asyncpg.connect(servers.database_url)
+        try:
+            await connection.execute(f"DROP DATABASE IF EXISTS {name}")
+            await connection.execute(f"CREATE DATABASE {name}")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    parts = urlsplit(servers.database_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+_lifecycle_stacks = itertools.count(2)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(
+    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lifecycle]:
+    """Pre-start, an inference worker and a gateway over a copy of the shipped models."""
+    number = next(_lifecycle_stacks)
+    folder = tmp_path_factory.mktemp(f"lifecycle{number}")
+    env = {
+        **os.environ,
+        "DATABASE_URL": _own_database(servers, f"lifecycle{number}"),
+        "REDIS_URL": servers.redis_url.rsplit("/", 1)[0] + f"/{number}",
+        "BLOB_DIR": str(folder / "blobs"),
+        "MODEL_STORE": str(folder / "models"),
+        "SHIPPED_MODELS": str(model_store),
+        "MODEL_NAME": MODEL_NAME,
+        "TRAINING_DATA_DIR": str(SHARED_DATA),
+        "RUNS_DIR": str(folder / "runs"),
+        "MODEL_POLL_S": "2",
+        "MAX_BATCH_SIZE": "8",
+        "MAX_WAIT_MS": "20",
+        "RETRY_BACKOFF_S": "0.2",
+        "CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "INTRA_OP_THREADS": "1",
+        "HEARTBEAT_S": "1",
+    }
+    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+    store = ArtifactStore(env["MODEL_STORE"])
+    worker = Process(WORKER_COMMAND, env, folder / "worker.log")
+    worker.start()
+    start_worker(worker)
+    gateway, url = _start_gateway(env, folder / "gateway.log")
+    try:
+        yield Lifecycle(
+            env, url, Database(env["DATABASE_URL"]), store, worker, store.versions(MODEL_NAME)[-1]
+        )
+    finally:
+        gateway.stop()
+        worker.stop()
