@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS, TrainingRequest
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.evaluation import ThresholdMethod
 from skinscreen.trainer.model import BackboneName, ModelSpec, TargetName
@@ -98,3 +99,24 @@ class TrainConfig(BaseModel):
             hidden_units=self.hidden_units,
             dropout=self.dropout,
         )
+
+
+def train_config(request: TrainingRequest, data_dir: Path) -> TrainConfig:
+    """The trainer's full configuration for an API request (defaults: the shipped model's)."""
+    folders = [source for source in request.data_sources if source != CONFIRMED_SCREENINGS]
+    return TrainConfig(
+        data=data_dir / folders[0] if folders else data_dir,
+        name=request.model_name,
+        backbone=request.backbone,
+        clinical_share=request.clinical_share,
+        use_clinical=request.use_clinical,
+        balancing=request.balancing,
+        epochs=request.epochs,
+        ensemble=request.ensemble,
+        views=request.views,
+        folds=request.folds,
+        image_size=request.image_size,
+        recall_target=request.recall_target,
+        max_samples=request.max_samples,
+        seed=request.seed,
+    )

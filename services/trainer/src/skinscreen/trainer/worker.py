@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -26,9 +25,9 @@ from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import TRAINING_QUEUE, TRAINING_TASK_NAME, make_celery
-from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS, TrainingRequest, TrainingTask
+from skinscreen.runtime.training_runs import TrainingRequest, TrainingTask
 
-from .config import TrainConfig
+from .config import train_config
 from .pipeline import run_training
 from .settings import get_settings
 from .sources import load_sources
@@ -44,27 +43,6 @@ PROGRESS_INTERVAL_S = 1.0
 
 class RunCancelledError(Exception):
     """An operator cancelled the run; raised from the epoch callback to stop training."""
-
-
-def train_config(request: TrainingRequest, data_dir: Path) -> TrainConfig:
-    """The trainer's full configuration for an API request (defaults: the shipped model's)."""
-    folders = [source for source in request.data_sources if source != CONFIRMED_SCREENINGS]
-    return TrainConfig(
-        data=data_dir / folders[0] if folders else data_dir,
-        name=request.model_name,
-        backbone=request.backbone,
-        clinical_share=request.clinical_share,
-        use_clinical=request.use_clinical,
-        balancing=request.balancing,
-        epochs=request.epochs,
-        ensemble=request.ensemble,
-        views=request.views,
-        folds=request.folds,
-        image_size=request.image_size,
-        recall_target=request.recall_target,
-        max_samples=request.max_samples,
-        seed=request.seed,
-    )
 
 
 class RunRecorder:
