@@ -8,7 +8,7 @@ STORE ?= var/models
 RUNS ?= runs
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run bench train test lint format
+.PHONY: install run bench train test lint format k8s-check
 
 SERVICE_PROJECTS := libs/core/pyproject.toml libs/runtime/pyproject.toml \
 	services/trainer/pyproject.toml services/gateway/pyproject.toml \
@@ -24,10 +24,11 @@ $(INSTALLED): $(SERVICE_PROJECTS) requirements-dev.txt
 
 install: $(INSTALLED)
 
-# The whole stack (gateway, inference worker) on embedded PostgreSQL and Redis in var/,
-# unless DATABASE_URL / REDIS_URL are set; serves the newest model in models/. Ctrl-C stops it.
+# The whole stack (gateway, inference and trainer workers) on embedded PostgreSQL and Redis in
+# var/, unless DATABASE_URL / REDIS_URL are set; models/ seeds the store var/models, training
+# runs read data sources from the folder holding $(DATA). Ctrl-C stops it.
 run: $(INSTALLED)
-	$(VENV)/bin/skinscreen-stack --data var
+	TRAINING_DATA_DIR=$${TRAINING_DATA_DIR:-$(dir $(DATA))} $(VENV)/bin/skinscreen-stack --data var
 
 # Real photos through the whole path from many clients, beside raw ONNX Runtime throughput.
 bench: $(INSTALLED)
@@ -44,6 +45,23 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/core/src libs/runtime/src services/trainer/src services/gateway/src \
 		services/inference/src tests
+
+K8S_VENV ?= .venv-k8s
+K8S_INSTALLED := $(K8S_VENV)/.installed
+KUBECTL ?= kubectl
+
+# checkov, kubernetes-validate and hadolint, apart from the services: checkov's pins clash.
+$(K8S_INSTALLED): deploy/requirements-k8s.txt
+	$(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/python -m pip install --quiet --upgrade pip==26.3
+	$(K8S_VENV)/bin/python -m pip install --quiet -r deploy/requirements-k8s.txt
+	touch $@
+
+# Every overlay builds and validates (Kubernetes schemas, the custom resources' schemas),
+# checkov and hadolint find nothing, the rendered objects have the properties README lists.
+# `make test` runs the same tests; they build .venv-k8s through this Makefile when missing.
+k8s-check: $(INSTALLED) $(K8S_INSTALLED)
+	KUBECTL=$(KUBECTL) $(PY) -m pytest tests/deploy/k8s -q
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix .
