@@ -1,0 +1,114 @@
+"""Prometheus metrics of the Celery queues on Redis, read when they are scraped.
+
+The gateway exposes them on its /metrics: it is always running, while the
+workers that drain the queues may be scaled down. Kombu keeps each queue as a
+Redis list of the same name; producers push on the left and workers pop on
+the right, so the message at index -1 is the next one a worker takes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from uuid import UUID
+
+import asyncpg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .queue import QUEUE, TRAINING_QUEUE
+
+logger = logging.getLogger(__name__)
+
+WATCHED_QUEUES: Final = (QUEUE, TRAINING_QUEUE)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What one scrape read: tasks waiting per queue, and how long the next one has waited."""
+
+    depths: dict[str, int] = field(default_factory=dict)
+    # Only for queues whose messages name a screening; empty queues read 0.
+    oldest_age_s: dict[str, float] = field(default_factory=dict)
+
+
+def screening_id_of(raw: bytes | str) -> UUID | None:
+    """The screening a queued kombu message is about, or None if it is not a screening task."""
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return UUID(str(args[0]["screening_id"]))
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        return None
+
+
+async def read_queue_state(
+    redis: Redis, pool: asyncpg.Pool, queues: Sequence[str] = WATCHED_QUEUES
+) -> QueueState:
+    """Read depths from Redis and the next screening's age from PostgreSQL.
+
+    A server that does not answer leaves its series out of this scrape rather
+    than failing the whole /metrics response (the gateway's own series stay).
+    """
+    state = QueueState()
+    try:
+        for queue in queues:
+            state.depths[queue] = int(await redis.llen(queue))
+        head = await redis.lindex(QUEUE, -1)
+    except (RedisError, OSError) as exc:
+        logger.warning("queue metrics: Redis did not answer: %s", exc)
+        return QueueState()
+    if head is None:
+        state.oldest_age_s[QUEUE] = 0.0
+        return state
+    screening_id = screening_id_of(head)
+    if screening_id is None:
+        return state
+    try:
+        # Measured on the database's clock, the one that stamped created_at.
+        waited_s = await pool.fetchval(
+            "SELECT extract(epoch FROM now() - created_at) FROM screenings WHERE id = $1",
+            screening_id,
+        )
+    except (asyncpg.PostgresError, OSError) as exc:
+        logger.warning("queue metrics: PostgreSQL did not answer: %s", exc)
+        return state
+    if waited_s is not None:
+        state.oldest_age_s[QUEUE] = max(0.0, float(waited_s))
+    return state
+
+
+class QueueCollector(Collector):
+    """Exposes one `QueueState` as gauges; made anew for every scrape."""
+
+    def __init__(self, state: QueueState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "skinscreen_queue_depth_tasks",
+            "Tasks waiting in a Celery queue on Redis (not yet taken by any worker).",
+            labels=["queue"],
+        )
+        for queue, tasks in sorted(self.state.depths.items()):
+            depth.add_metric([queue], tasks)
+        yield depth
+        age = GaugeMetricFamily(
+            "skinscreen_queue_oldest_task_age_seconds",
+            "How long the next task a worker will take has waited since its screening was "
+            "accepted; 0 when the queue is empty.",
+            labels=["queue"],
+        )
+        for queue, seconds in sorted(self.state.oldest_age_s.items()):
+            age.add_metric([queue], seconds)
+        yield age

@@ -1,0 +1,70 @@
+"""The inference worker's Prometheus metrics, and the HTTP endpoint that serves them.
+
+The worker is one process (Celery's thread pool), so the default registry is
+enough: call `serve(port)` once in `worker_init`, then the helpers below where
+the work happens. Each metric's help text says where it is observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Histogram, Info, start_http_server
+
+BATCH_SIZE = Histogram(
+    "skinscreen_inference_batch_size",
+    "Screenings in one ONNX Runtime call; observed once per batch, before the call.",
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+QUEUE_WAIT = Histogram(
+    "skinscreen_inference_queue_wait_seconds",
+    "From a screening's acceptance by the gateway (its created_at) to the claim of the batch "
+    "that scores it, just before the ONNX Runtime call, on the database's clock; observed once "
+    "per screening of each batch written.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+MODEL_DURATION = Histogram(
+    "skinscreen_inference_model_duration_seconds",
+    "Wall time of one ONNX Runtime call (a whole batch); observed once per batch.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SCREENINGS_SCORED = Counter(
+    "skinscreen_inference_screenings_scored_total",
+    "Screenings whose result was written to PostgreSQL, by the model version that scored them.",
+    ["model_version"],
+)
+MODEL = Info(
+    "skinscreen_inference_model",
+    "The model version this worker serves and the ONNX Runtime execution provider it runs on "
+    "(CUDAExecutionProvider or CPUExecutionProvider); set on every successful load.",
+)
+MODEL_LOAD_FAILURES = Counter(
+    "skinscreen_inference_model_load_failures_total",
+    "Attempts to load a model version that failed (missing file, sha256 mismatch, runtime "
+    "error); the worker keeps serving the version it had, if any.",
+)
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` from a daemon thread; call once, in worker_init."""
+    start_http_server(port)
+
+
+def observe_batch(
+    *, size: int, queue_wait_s: Iterable[float], model_s: float, model_version: str, written: int
+) -> None:
+    """Record one batch: its size, each screening's wait, the model call, the results written."""
+    BATCH_SIZE.observe(size)
+    for seconds in queue_wait_s:
+        QUEUE_WAIT.observe(seconds)
+    MODEL_DURATION.observe(model_s)
+    SCREENINGS_SCORED.labels(model_version).inc(written)
+
+
+def model_loaded(*, name: str, version: str, provider: str) -> None:
+    """Announce the version now serving, replacing the previous one (hot swap included)."""
+    MODEL.info({"model_name": name, "model_version": version, "provider": provider})
+
+
+def model_load_failed() -> None:
+    MODEL_LOAD_FAILURES.inc()

@@ -1,0 +1,1 @@
+"""Tests of what deploys skinscreen: manifests, images, metrics, graceful shutdown."""

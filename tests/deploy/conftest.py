@@ -1,0 +1,138 @@
+"""Real services for the deploy tests: the serving tests' servers, gateways started as in pods.
+
+The servers and the model store are the serving tests' fixtures, imported so
+this package gets its own PostgreSQL and Redis; each test module takes a fresh
+database on them and a Redis database of its own, so queues never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from skinscreen.runtime.embedded import free_port
+from skinscreen.runtime.stack import PRESTART_COMMAND, gateway_command
+from tests.conftest import DESIGN_EXAMPLE
+from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
+    MODEL_NAME,
+    Process,
+    Servers,
+    model_store,
+    servers,
+)
+
+_stacks = itertools.count(1)
+
+
+def photo(seed: int) -> bytes:
+    """A JPEG the gateway accepts and the model scores (any photo will do for plumbing)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def submit(client: httpx.Client, seed: int) -> httpx.Response:
+    return client.post(
+        "/v1/screenings",
+        files={"image": (f"lesion-{seed}.jpg", photo(seed), "image/jpeg")},
+        data={"clinical": json.dumps(DESIGN_EXAMPLE)},
+    )
+
+
+def _fresh_database(server: Servers, name: str) -> str:
+    async def create() -> None:
+        connection = await asyncpg.connect(server.database_url)
+        try:
+            await connection.execute(f"DROP DATABASE IF EXISTS {name}")
+            await connection.execute(f"CREATE DATABASE {name}")
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return urlunsplit(urlsplit(server.database_url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="module")
+def deploy_env(
+    servers: Servers,  # noqa: F811  (the imported fixture)
+    model_store: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """The environment a module's services run with, migrated by the pre-start step."""
+    number = next(_stacks)
+    env = {
+        **os.environ,
+        "DATABASE_URL": _fresh_database(servers, f"deploy{number}"),
+        "REDIS_URL": servers.redis_url.rsplit("/", 1)[0] + f"/{number}",
+        "BLOB_DIR": str(tmp_path_factory.mktemp("blobs")),
+        "MODEL_STORE": str(model_store),
+        "MODEL_NAME": MODEL_NAME,
+        "MAX_BATCH_SIZE": "8",
+        "CONCURRENCY": "8",
+        "MAX_WAIT_MS": "20",
+        "INTRA_OP_THREADS": "1",
+        "RETRY_BACKOFF_S": "0.2",
+        "CELERY_VISIBILITY_TIMEOUT_S": "60",
+    }
+    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+    return env
+
+
+def start_gateway(env: dict[str, str], log: Path, *options: str) -> tuple[Process, str]:
+    """A gateway under uvicorn, started as the Deployment starts it (`options`: --workers, ...)."""
+    port = free_port()
+    command = gateway_command("127.0.0.1", port, "--log-level", "warning", *options)
+    process = Process(command, env, log)
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        assert process.popen is not None
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"gateway exited; log:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"gateway not ready; log:\n{log.read_text()[-4000:]}")
+
+
+class Scrape:
+    """One /metrics response, parsed: sample values by name and labels."""
+
+    def __init__(self, url: str) -> None:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+        self.text = response.text
+        self.samples = [
+            sample
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels` (0 if there are none)."""
+        return sum(
+            sample.value
+            for sample in self.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def labels(self, name: str) -> list[dict[str, str]]:
+        return [sample.labels for sample in self.samples if sample.name == name]

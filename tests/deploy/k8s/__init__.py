@@ -1,0 +1,1 @@
+"""Static checks of deploy/: rendered overlays, custom resources, images, alerts, dashboard."""

@@ -1,0 +1,390 @@
+"""The rendered overlays have the properties the deployment promises (README, Deploy)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from skinscreen.gateway.settings import Settings as GatewaySettings
+from skinscreen.inference.settings import Settings as InferenceSettings
+from skinscreen.runtime.queue import QUEUE
+from skinscreen.runtime.settings import SharedSettings
+from skinscreen.runtime.stack import (
+    PRESTART_COMMAND,
+    TRAINER_COMMAND,
+    WORKER_COMMAND,
+    gateway_command,
+)
+from skinscreen.runtime.training_runs import TrainingRequest
+from skinscreen.trainer.settings import Settings as TrainerSettings
+
+from .conftest import K8S, OVERLAYS, Overlay
+
+SERVICES = ("gateway", "inference", "trainer")
+# Pods start the services as `make run` does (skinscreen.runtime.stack), with the image's python.
+PYTHON = "python"
+# Read by the process or a library, not by a settings class.
+PROCESS_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "MPLCONFIGDIR", "METRICS_PORT"}
+SETTINGS_OF = {
+    "skinscreen-shared": SharedSettings,
+    "skinscreen-gateway": GatewaySettings,
+    "skinscreen-inference": InferenceSettings,
+    "skinscreen-trainer": TrainerSettings,
+}
+GPU = "nvidia.com/gpu"
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def _config_map(overlay: Overlay, name: str) -> dict[str, Any]:
+    """A generated ConfigMap by its name before kustomize's hash suffix."""
+    found = [
+        item
+        for item in overlay.of_kind("ConfigMap")
+        if name in (item["metadata"]["name"], item["metadata"]["name"].rsplit("-", 1)[0])
+    ]
+    assert len(found) == 1, f"{overlay.name}: ConfigMap {name}: {len(found)}"
+    return found[0]
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        if expression["operator"] == "In" and value not in expression["values"]:
+            return False
+        if expression["operator"] == "NotIn" and value in expression["values"]:
+            return False
+    return True
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_locked_down(overlay: str, rendered: dict[str, Overlay]) -> None:
+    workloads = dict(rendered[overlay].pod_specs())
+    assert {"Deployment/skinscreen-gateway", "CronJob/skinscreen-retrain"} <= set(workloads)
+    for where, pod in workloads.items():
+        pod_context = pod["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, where
+        assert pod_context["runAsUser"] > 0, where
+        assert pod_context["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert pod["automountServiceAccountToken"] is False, where
+        for container in _containers(pod):
+            at = f"{where}/{container['name']}"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, at
+            assert context["readOnlyRootFilesystem"] is True, at
+            assert context.get("privileged", False) is False, at
+            assert context["capabilities"]["drop"] == ["ALL"], at
+            assert "add" not in context["capabilities"], at
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{at} {bound}"
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1], at
+            assert not image.endswith(":latest"), at
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_has_its_own_service_account(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    accounts = {item["metadata"]["name"] for item in rendered[overlay].of_kind("ServiceAccount")}
+    used = {}
+    for where, pod in rendered[overlay].pod_specs():
+        assert pod["serviceAccountName"] in accounts, where
+        used[where] = pod["serviceAccountName"]
+    by_service = {used[f"Deployment/skinscreen-{service}"] for service in SERVICES}
+    assert by_service == {f"skinscreen-{service}" for service in SERVICES}
+    for account in rendered[overlay].of_kind("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_probes_scaling_and_migrations(overlay: str, rendered: dict[str, Overlay]) -> None:
+    objects = rendered[overlay]
+    deployment = objects.get("Deployment", "skinscreen-gateway")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    pod = deployment["spec"]["template"]["spec"]
+    (prestart,) = pod["initContainers"]
+    assert prestart["command"] == [PYTHON, *PRESTART_COMMAND[1:]]
+    (gateway,) = pod["containers"]
+    assert gateway["command"][:5] == [PYTHON, *gateway_command("", 0)[1:5]]
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    port = gateway["ports"][0]["containerPort"]
+    assert gateway["command"][gateway["command"].index("--port") + 1] == str(port)
+    # SIGTERM after the pre-stop pause; uvicorn drains within its own timeout, inside the grace.
+    drain_s = int(gateway["command"][gateway["command"].index("--timeout-graceful-shutdown") + 1])
+    pause_s = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert drain_s >= GatewaySettings.model_fields["MAX_WAIT_S"].default
+    assert pause_s + drain_s < pod["terminationGracePeriodSeconds"]
+    hpa = objects.get("HorizontalPodAutoscaler", "skinscreen-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "skinscreen-gateway",
+    }
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    service = objects.get("Service", "skinscreen-gateway")
+    assert _matches({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_inference_scales_on_the_screenings_list(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    deployment = objects.get("Deployment", "skinscreen-inference")
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert worker["command"] == [PYTHON, *WORKER_COMMAND[1:]]
+    scaled = objects.get("ScaledObject", "skinscreen-inference")["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "skinscreen-inference"
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
+    assert scaled["cooldownPeriod"] > 0
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["listName"] == QUEUE
+    assert int(trigger["metadata"]["listLength"]) > 0
+    auth = objects.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    parameters = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert set(parameters) == {"address", "password"}
+    assert {ref["name"] for ref in parameters.values()} == {"skinscreen-redis"}
+    # A task waits at most RESULT_TIMEOUT_S for its batch; warm shutdown must outlast that.
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > InferenceSettings.model_fields["RESULT_TIMEOUT_S"].default
+
+
+@pytest.mark.parametrize(("overlay", "gpu"), [("dev", False), ("gpu", True), ("prod", True)])
+def test_inference_runs_on_a_gpu_where_the_overlay_says(
+    overlay: str, gpu: bool, rendered: dict[str, Overlay]
+) -> None:
+    pod = rendered[overlay].get("Deployment", "skinscreen-inference")["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    image = worker["image"].rsplit(":", 1)[0]
+    if gpu:
+        assert image.endswith("/inference-gpu")
+        assert worker["resources"]["requests"][GPU] == worker["resources"]["limits"][GPU] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    else:
+        assert image.endswith("/inference")
+        assert GPU not in json.dumps(pod)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_worker_and_scheduled_retraining(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    trainer = objects.get("Deployment", "skinscreen-trainer")
+    assert trainer["spec"]["replicas"] == 1
+    (worker,) = trainer["spec"]["template"]["spec"]["containers"]
+    # Its main() consumes the training queue only, one run at a time.
+    assert worker["command"] == [PYTHON, *TRAINER_COMMAND[1:]]
+    runs_dir = _config_map(objects, "skinscreen-trainer")["data"]["RUNS_DIR"]
+    (runs,) = [m for m in worker["volumeMounts"] if m["mountPath"] == runs_dir]
+    assert not runs.get("readOnly", False)
+    cron = objects.get("CronJob", "skinscreen-retrain")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (submit,) = pod["containers"]
+    assert submit["command"] == [
+        "skinscreen-trainer", "runs", "submit", "--config", "/etc/skinscreen/training.json",
+    ]  # fmt: skip
+    (mount,) = [m for m in submit["volumeMounts"] if m["mountPath"] == "/etc/skinscreen"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config = [
+        item
+        for item in objects.of_kind("ConfigMap")
+        if item["metadata"]["name"] == volume["configMap"]["name"]
+    ]
+    assert len(config) == 1
+    TrainingRequest.model_validate_json(config[0]["data"]["training.json"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_models_come_from_the_artifact_store(overlay: str, rendered: dict[str, Overlay]) -> None:
+    objects = rendered[overlay]
+    store = _config_map(objects, "skinscreen-shared")["data"]["MODEL_STORE"]
+    writable = {}
+    for service in SERVICES:
+        pod = objects.get("Deployment", f"skinscreen-{service}")["spec"]["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == store]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim == "skinscreen-models", service
+        writable[service] = not mount.get("readOnly", False)
+    # Only the trainer publishes.
+    assert writable == {"gateway": False, "inference": False, "trainer": True}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_and_secret_references_resolve(overlay: str, rendered: dict[str, Overlay]) -> None:
+    objects = rendered[overlay]
+    config_maps = {item["metadata"]["name"]: item for item in objects.of_kind("ConfigMap")}
+    secrets = {item["metadata"]["name"] for item in objects.of_kind("Secret")}
+    referenced_secrets = set()
+    for where, pod in objects.pod_specs():
+        for container in _containers(pod):
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps, where
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    referenced_secrets.add(ref["name"])
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, where
+            if "secret" in volume:
+                referenced_secrets.add(volume["secret"]["secretName"])
+    assert referenced_secrets == {"skinscreen-database", "skinscreen-redis"}
+    # prod reads Secrets its operators create; the others generate theirs.
+    assert secrets == (set() if overlay == "prod" else referenced_secrets)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_configured_variable_is_a_setting(overlay: str, rendered: dict[str, Overlay]) -> None:
+    """pydantic-settings ignores unknown variables: a misspelt one would silently do nothing."""
+    for name, settings in SETTINGS_OF.items():
+        data = _config_map(rendered[overlay], name)["data"]
+        unknown = set(data) - set(settings.model_fields) - PROCESS_VARIABLES
+        assert not unknown, f"{name}: {sorted(unknown)} are read by nothing"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_is_reachable_from_outside(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    policies = objects.of_kind("NetworkPolicy")
+    deny_all = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+        if p["spec"]["policyTypes"] == ["Ingress"]
+    ]
+    assert len(deny_all) == 1, "no default deny of ingress"
+    workloads = [*objects.of_kind("Deployment"), *objects.of_kind("StatefulSet")]
+    for workload in workloads:
+        labels = _pod_labels(workload)
+        rules = [
+            rule
+            for policy in policies
+            if _matches(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("ingress", [])
+        ]
+        open_to_all = [rule for rule in rules if "from" not in rule]
+        is_gateway = workload["metadata"]["name"] == "skinscreen-gateway"
+        assert bool(open_to_all) == is_gateway, workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "gpu"])
+def test_in_cluster_servers_only_take_the_services(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    clients = {"gateway", "inference", "trainer", "retrain"}
+    for name in ("skinscreen-postgres", "skinscreen-redis"):
+        server = objects.get("StatefulSet", name)
+        assert server["spec"]["replicas"] == 1
+        assert server["spec"]["volumeClaimTemplates"], f"{name} keeps no data"
+        (policy,) = [
+            p
+            for p in objects.of_kind("NetworkPolicy")
+            if p["spec"]["podSelector"] != {}
+            and _matches(p["spec"]["podSelector"], _pod_labels(server))
+        ]
+        peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+        pods = [peer["podSelector"] for peer in peers if "podSelector" in peer]
+        (selector,) = pods
+        for component in clients:
+            assert _matches(selector, {"app.kubernetes.io/component": component})
+        for component in ("database", "broker", "anything-else"):
+            assert not _matches(selector, {"app.kubernetes.io/component": component})
+        namespaces = [peer["namespaceSelector"] for peer in peers if "namespaceSelector" in peer]
+        # Only Redis is read from outside: by KEDA, for the queue's length.
+        expected = [{"matchLabels": {"kubernetes.io/metadata.name": "keda"}}]
+        assert namespaces == (expected if name == "skinscreen-redis" else [])
+
+
+def test_overlays_scale_as_they_say(rendered: dict[str, Overlay]) -> None:
+    def counts(name: str) -> tuple[int, int, int, int]:
+        hpa = rendered[name].get("HorizontalPodAutoscaler", "skinscreen-gateway")["spec"]
+        scaled = rendered[name].get("ScaledObject", "skinscreen-inference")["spec"]
+        return (
+            hpa["minReplicas"],
+            hpa["maxReplicas"],
+            scaled["minReplicaCount"],
+            scaled["maxReplicaCount"],
+        )
+
+    assert counts("dev") == (1, 1, 1, 1)
+    assert all(p > g for p, g in zip(counts("prod"), counts("gpu"), strict=True))
+    assert not rendered["prod"].of_kind("StatefulSet"), "prod uses managed PostgreSQL and Redis"
+    assert {s["metadata"]["name"] for s in rendered["dev"].of_kind("StatefulSet")} == {
+        "skinscreen-postgres",
+        "skinscreen-redis",
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_disruption_budgets_cover_the_replicated_services(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    for service in ("gateway", "inference"):
+        budget = objects.get("PodDisruptionBudget", f"skinscreen-{service}")["spec"]
+        deployment = objects.get("Deployment", f"skinscreen-{service}")
+        assert _matches(budget["selector"], _pod_labels(deployment))
+        # Never 0: a budget that allows no eviction blocks every node drain.
+        assert budget["maxUnavailable"] >= 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_monitors_reach_every_service(overlay: str, rendered: dict[str, Overlay]) -> None:
+    objects = rendered[overlay]
+    for service in SERVICES:
+        monitor = objects.get("ServiceMonitor", f"skinscreen-{service}")["spec"]
+        (target,) = [
+            s
+            for s in objects.of_kind("Service")
+            if _matches(monitor["selector"], s["metadata"].get("labels", {}))
+        ]
+        ports = {port["name"]: port for port in target["spec"]["ports"]}
+        (endpoint,) = monitor["endpoints"]
+        assert endpoint["port"] in ports
+        assert endpoint["path"] == "/metrics"
+        deployment = objects.get("Deployment", f"skinscreen-{service}")
+        assert _matches({"matchLabels": target["spec"]["selector"]}, _pod_labels(deployment))
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        container_ports = {port["name"] for port in container["ports"]}
+        assert ports[endpoint["port"]]["targetPort"] in container_ports
+
+
+def test_the_namespaces_enforce_the_restricted_pod_security_standard(
+    rendered: dict[str, Overlay],
+) -> None:
+    for overlay in rendered.values():
+        (namespace,) = overlay.of_kind("Namespace")
+        name = namespace["metadata"]["name"]
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        for item in overlay.objects:
+            assert item["metadata"].get("namespace", name) == name, item["metadata"]["name"]
+
+
+def test_no_base_manifest_names_a_namespace() -> None:
+    """Overlays choose the namespace; a hard-coded one in base would escape it."""
+    for path in (K8S / "base").rglob("*.yaml"):
+        assert "namespace:" not in path.read_text().replace("namespaceSelector", ""), path
