@@ -137,12 +137,6 @@ def test_the_queue_drains_once_a_worker_runs(stack: Stack) -> None:
         worker.stop()
 
 
-@pytest.mark.xfail(
-    raises=httpx.ConnectError,  # nothing serves METRICS_PORT yet
-    strict=True,
-    reason="the lead wires skinscreen.inference.metrics into worker.py/batching.py; then "
-    "this passes, and strict xfail fails until this marker goes",
-)
 def test_inference_metrics_after_real_batches(stack: Stack) -> None:
     port = free_port()
     env = {**stack.env, "METRICS_PORT": str(port)}

@@ -46,7 +46,8 @@ class Process:
 
     def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.command = command
-        self.env = env
+        # Each worker serves /metrics on its own port, or the second one on a machine fails.
+        self.env = {**env, "METRICS_PORT": env.get("METRICS_PORT") or str(free_port())}
         self.log = log
         self.popen: subprocess.Popen[bytes] | None = None
 

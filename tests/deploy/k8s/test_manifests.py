@@ -26,7 +26,7 @@ SERVICES = ("gateway", "inference", "trainer")
 # Pods start the services as `make run` does (skinscreen.runtime.stack), with the image's python.
 PYTHON = "python"
 # Read by the process or a library, not by a settings class.
-PROCESS_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "MPLCONFIGDIR", "METRICS_PORT"}
+PROCESS_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "MPLCONFIGDIR"}
 SETTINGS_OF = {
     "skinscreen-shared": SharedSettings,
     "skinscreen-gateway": GatewaySettings,

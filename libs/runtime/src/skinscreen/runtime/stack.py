@@ -23,7 +23,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
 
-from .embedded import EmbeddedPostgres, EmbeddedRedis
+from .embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 # The packages the stack runs, and where each is installed from.
 SERVICES: Final = {
@@ -85,6 +85,7 @@ class Stack:
         self._postgres = EmbeddedPostgres(data / "postgres")
         self._redis = EmbeddedRedis(data / "redis")
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.metrics: dict[str, str] = {}
         # None: the services write to this terminal; a path: they append to that file.
         self.log = log
 
@@ -100,11 +101,21 @@ class Stack:
         subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
         # Own process groups: Ctrl-C reaches only the supervisor, which stops them in order.
         gateway = gateway_command(self.host, self.port, "--no-access-log")
-        trainer = [TRAINER_COMMAND] if self.with_trainer else []
-        for command in (WORKER_COMMAND, *trainer, gateway):
+        workers = [("inference", WORKER_COMMAND)]
+        if self.with_trainer:
+            workers.append(("trainer", TRAINER_COMMAND))
+        commands = []
+        for name, command in workers:
+            # One machine, several workers: each serves its /metrics on a port of its own.
+            port = free_port()
+            self.metrics[name] = f"http://{self.host}:{port}/metrics"
+            commands.append((command, {**self.env, "METRICS_PORT": str(port)}))
+        commands.append((gateway, self.env))
+        self.metrics["gateway"] = f"{self.url}/metrics"
+        for command, env in commands:
             self.processes.append(
                 subprocess.Popen(
-                    command, env=self.env, start_new_session=True, stdout=output, stderr=output
+                    command, env=env, start_new_session=True, stdout=output, stderr=output
                 )
             )
         if output is not None:
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         print(f"skinscreen is running at {stack.url} (Ctrl-C stops it)")
         print(f"API docs: {stack.url}/docs", flush=True)
+        for name, url in stack.metrics.items():
+            print(f"metrics ({name}): {url}", flush=True)
         while stack.running():
             time.sleep(0.5)
         print("a service exited; stopping the stack", file=sys.stderr)

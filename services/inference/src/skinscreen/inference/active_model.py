@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from skinscreen.runtime import registry
 
+from . import metrics
 from .model import LoadedModel, load_version
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class ActiveModel:
             return
         previous = self._current.version if self._current is not None else None
         self._current = loaded
+        metrics.model_loaded(name=self.name, version=loaded.version, provider=loaded.provider)
         logger.info(
             "serving %s %s on %s (was %s)", self.name, loaded.version, loaded.provider, previous
         )

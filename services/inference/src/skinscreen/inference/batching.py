@@ -28,7 +28,7 @@ import numpy as np
 
 from skinscreen.runtime.database import create_pool
 
-from . import store
+from . import metrics, store
 from .active_model import ActiveModel
 from .model import LoadedModel
 
@@ -183,6 +183,13 @@ class Batcher:
                 record.batch_id,
                 model.version,
             )
+        metrics.observe_batch(
+            size=len(todo),
+            queue_wait_s=[claimed[item.screening_id] for item in todo],
+            model_s=inference_ms / 1000.0,
+            model_version=model.version,
+            written=record.written,
+        )
         logger.info(
             "batch %d: %d screenings, %d written by %s, %.1f ms",
             record.batch_id,

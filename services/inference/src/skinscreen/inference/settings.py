@@ -31,6 +31,9 @@ class Settings(SharedSettings):
         description="How often the worker re-reads the registry's active version, in case a "
         "pub/sub announcement was missed.",
     )
+    METRICS_PORT: int = Field(
+        9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
+    )
     INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
     LOG_LEVEL: str = "INFO"
 

@@ -20,7 +20,7 @@ UPDATE screenings
 SET status = 'running', attempts = attempts + 1,
     started_at = coalesce(started_at, now()), updated_at = now()
 WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
-RETURNING id
+RETURNING id, extract(epoch FROM clock_timestamp() - created_at)::float8 AS waited_s
 """
 
 # One statement, so one round trip per batch: the batch row, every result and
@@ -65,10 +65,13 @@ SELECT count(pg_notify('{FINISHED_CHANNEL}', failed.id::text)) FROM failed
 """
 
 
-async def claim(pool: asyncpg.Pool, screening_ids: list[UUID]) -> set[UUID]:
-    """Mark the screenings running; return those not already finished."""
+async def claim(pool: asyncpg.Pool, screening_ids: list[UUID]) -> dict[UUID, float]:
+    """Mark the screenings running; return those not already finished, with their time queued.
+
+    The time is measured on the database's clock, which stamped `created_at`.
+    """
     rows = await pool.fetch(CLAIM, screening_ids)
-    return {row["id"] for row in rows}
+    return {row["id"]: row["waited_s"] for row in rows}
 
 
 @dataclass(frozen=True)

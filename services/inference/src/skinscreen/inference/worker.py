@@ -18,6 +18,7 @@ from skinscreen.core.imaging import preprocess
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask, make_celery
 
+from . import metrics
 from .active_model import ActiveModel
 from .batching import Batcher
 from .settings import get_settings
@@ -47,12 +48,18 @@ runtime = _Runtime()
 def _start_runtime(**_: Any) -> None:
     """Load the active model and open the database before taking any task: fail fast."""
     models = ActiveModel(
-        settings.MODEL_NAME, settings.REDIS_URL, settings.MODEL_POLL_S, settings.INTRA_OP_THREADS
+        settings.MODEL_NAME,
+        settings.REDIS_URL,
+        settings.MODEL_POLL_S,
+        settings.INTRA_OP_THREADS,
+        on_load_failure=lambda version, exc: metrics.model_load_failed(),
     )
     runtime.batcher = Batcher(
         models, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
     )
     runtime.batcher.start()
+    # Only now: the pod's probes read /metrics, so an answer means the model is loaded.
+    metrics.serve(settings.METRICS_PORT)
     logger.info(
         "model %s %s on %s; batches of up to %d, waiting at most %.1f ms",
         runtime.batcher.model.name,

@@ -28,6 +28,9 @@ class Settings(SharedSettings):
         description="A running run without a heartbeat for this long is marked failed when a "
         "trainer worker starts: the worker that ran it died.",
     )
+    METRICS_PORT: int = Field(
+        9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
+    )
     LOG_LEVEL: str = "INFO"
 
 

@@ -17,9 +17,10 @@ from uuid import UUID
 
 import asyncpg
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 from redis import Redis
 
+from skinscreen.core.card import MetricSummary
 from skinscreen.runtime import registry
 from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.blobs import BlobStore
@@ -27,6 +28,7 @@ from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import TRAINING_QUEUE, TRAINING_TASK_NAME, make_celery
 from skinscreen.runtime.training_runs import TrainingRequest, TrainingTask
 
+from . import metrics
 from .config import train_config
 from .pipeline import run_training
 from .settings import get_settings
@@ -55,6 +57,7 @@ class RunRecorder:
         self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._last_progress = 0.0
+        self._claimed_at = time.monotonic()
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def claim(self) -> dict[str, Any] | None:
@@ -70,6 +73,7 @@ class RunRecorder:
         )
         if row is None:
             return None
+        self._claimed_at = time.monotonic()
         self._heartbeat.start()
         config: dict[str, Any] = row["config"]
         return config
@@ -115,8 +119,15 @@ class RunRecorder:
         if time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S or epoch == epochs:
             self.progress(fitting, epoch=epoch, epochs=epochs)
 
-    def finish(self, status: str, **columns: Any) -> None:
+    def finish(
+        self,
+        status: str,
+        cross_validation: dict[str, MetricSummary] | None = None,
+        **columns: Any,
+    ) -> None:
+        """Record how the run ended, in its row and in the trainer's metrics."""
         self._stop.set()
+        metrics.observe_run(status, time.monotonic() - self._claimed_at, cross_validation)
         assignments = "".join(f", {name} = ${index}" for index, name in enumerate(columns, 3))
         self.runner.run(
             self.pool.execute(
@@ -197,6 +208,7 @@ def _train(
         _announce(promoted)
     recorder.finish(
         "succeeded",
+        card.cross_validation,
         progress={"stage": "done"},
         metrics={metric: summary.model_dump() for metric, summary in card.cross_validation.items()},
         candidate_version=card.version,
@@ -205,6 +217,11 @@ def _train(
     )
     logger.info("run %s: %s %s published; %s", recorder.run_id, card.name, card.version, reason)
     return "promoted" if promote else "candidate"
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    metrics.serve(settings.METRICS_PORT)
 
 
 @worker_ready.connect
