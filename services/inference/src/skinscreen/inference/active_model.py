@@ -135,7 +135,7 @@ class ActiveModel:
                             continue
                         if json.loads(message["data"]).get("name") == self.name:
                             await self.refresh()
-            except (RedisError, OSError, asyncpg.PostgresError) as exc:
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("model activations channel: %s; reconnecting", exc)
                 await asyncio.sleep(1.0)
             finally:
