@@ -37,6 +37,20 @@ bench: $(INSTALLED)
 train: $(INSTALLED)
 	$(VENV)/bin/skinscreen-trainer train --data $(DATA) --runs $(RUNS) --store $(STORE)
 
+.PHONY: experiments dermoscopy
+HAM10000 ?= ../shared/data/ham10000
+# The settings of docs/experiments/fusion (CPU, cached mode); with a GPU, e.g.
+# EXPERIMENTS_OPTIONS="--target cancer --ensemble 1 --mode full --device cuda".
+EXPERIMENTS_OPTIONS ?= --target cancer --views 4 --ensemble 1 --epochs 12
+
+# The fusion paper's tables and t-SNE figures, from $(DATA), into a run folder in $(RUNS).
+experiments: $(INSTALLED)
+	$(VENV)/bin/skinscreen-trainer experiments --data $(DATA) --runs $(RUNS) $(EXPERIMENTS_OPTIONS)
+
+# The dermoscopy paper on $(HAM10000); publishes skinscreen-dermoscopy into $(STORE).
+dermoscopy: $(INSTALLED)
+	$(VENV)/bin/skinscreen-trainer dermoscopy --data $(HAM10000) --runs $(RUNS) --store $(STORE)
+
 test: $(INSTALLED)
 	$(PY) -m pytest
 

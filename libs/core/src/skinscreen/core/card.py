@@ -14,9 +14,9 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MODEL_FILE: Final = "model.onnx"
 CARD_FILE: Final = "card.json"
@@ -57,6 +57,24 @@ class ModelCard(BaseModel):
     )
     folds: int
     training_config: dict[str, object]
+    # Cards written before this field existed describe fusion models, which take both.
+    inputs: tuple[Literal["image", "clinical"], ...] = Field(
+        ("image", "clinical"),
+        min_length=1,
+        description="The ONNX graph's inputs: ('image', 'clinical') for the fusion model "
+        "(an image-only fusion model keeps `clinical` and ignores it); ('image',) for a model "
+        "that takes the photo alone, for which clinical answers are optional.",
+    )
+
+    @field_validator("inputs")
+    @classmethod
+    def _image_comes_first(cls, inputs: tuple[str, ...]) -> tuple[str, ...]:
+        if inputs[0] != "image" or len(set(inputs)) != len(inputs):
+            raise ValueError(
+                f"inputs {list(inputs)} must start with 'image' and name each input once: "
+                "['image'] or ['image', 'clinical']"
+            )
+        return inputs
 
 
 class ModelIntegrityError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Command line of the trainer: train, evaluate, export, publish; models and runs.
+"""Command line of the trainer: train, evaluate, export, publish, the papers' experiments; models.
 
 Thin over the library: it parses arguments, validates them through
 `TrainConfig`, and calls into the package. Bad input ends with exit code 2
@@ -10,26 +10,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.dermoscopy_experiments import DermoscopyConfig, run_dermoscopy
 from skinscreen.trainer.evaluation import binary_metrics
 from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
+from skinscreen.trainer.fusion_experiments import (
+    FIXED_BY_EXPERIMENTS,
+    FusionExperimentsConfig,
+    run_fusion_experiments,
+)
 from skinscreen.trainer.model import load_checkpoint
 from skinscreen.trainer.registry_cli import add_registry_commands
 from skinscreen.trainer.training import load_images
 
 log = logging.getLogger("skinscreen.trainer")
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class UsageError(Exception):
@@ -40,32 +50,71 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field; pydantic validates the strings afterwards."""
-    for name, info in TrainConfig.model_fields.items():
+def _add_config_options(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel] = TrainConfig,
+    exclude: Collection[str] = (),
+) -> None:
+    """One option per field of `model` (TrainConfig by default) but those in `exclude`;
+    pydantic validates the strings afterwards."""
+    for name, info in model.model_fields.items():
+        if name in exclude:
+            continue
         choices = None
         if typing.get_origin(info.annotation) is typing.Literal:
             choices = typing.get_args(info.annotation)
-        default = "required" if info.is_required() else f"default {info.default}"
+        default = "required" if info.is_required() else f"default {_shown(info.default)}"
         help_text = f"{info.description + ' ' if info.description else ''}({default})"
         if name == "report_betas":
             help_text = "comma-separated betas of the F-beta scores to report " + f"({default})"
+        elif _is_list(info):
+            help_text = f"{info.description} Comma-separated. ({default})"
         parser.add_argument(
             _option(name), dest=name, choices=choices, help=help_text, required=info.is_required()
         )
 
 
+def _is_list(info: FieldInfo) -> bool:
+    return typing.get_origin(info.annotation) is tuple
+
+
+def _shown(value: object) -> str:
+    """A value as the command line takes it."""
+    if isinstance(value, tuple):
+        return ",".join(_shown(item) for item in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return model_from_args(TrainConfig, args)
+
+
+def model_from_args(model: type[ConfigT], args: argparse.Namespace) -> ConfigT:
+    """Validate the options of `model`'s fields that were given; the rest keep their defaults."""
     values: dict[str, Any] = {}
-    for name in TrainConfig.model_fields:
+    for name, info in model.model_fields.items():
         value = getattr(args, name, None)
         if value is None:
             continue
-        values[name] = value.split(",") if name == "report_betas" else value
+        values[name] = value.split(",") if _is_list(info) else value
     try:
-        return TrainConfig.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as error:
         raise UsageError(_describe(error)) from None
+
+
+def command_line(command: str, *configs: BaseModel, extra: Sequence[str] = ()) -> str:
+    """The shell command that repeats a run: every setting that is not at its default."""
+    parts = [f"skinscreen-trainer {command}"]
+    for config in configs:
+        for name, info in type(config).model_fields.items():
+            value = getattr(config, name)
+            if info.is_required() or value != info.default:
+                parts.append(f"{_option(name)} {shlex.quote(_shown(value))}")
+    parts += extra
+    return " \\\n    ".join(parts)
 
 
 def _describe(error: ValidationError) -> str:
@@ -167,6 +216,52 @@ def command_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_experiments(args: argparse.Namespace) -> int:
+    """The fusion paper's tables and t-SNE figures on PAD-UFES-20."""
+    config = config_from_args(args)
+    experiments = model_from_args(FusionExperimentsConfig, args)
+    command = command_line("experiments", config, experiments, extra=[f"--runs {args.runs}"])
+    result = run_fusion_experiments(config, experiments, Path(args.runs), command)
+    best = result.report["best"]
+    print(f"run folder: {result.run_dir}")
+    print(f"report:     {result.run_dir / 'report.md'}")
+    print(
+        f"best setting: clinical share {best['clinical_share']}, F-beta with beta {best['beta']:g}"
+    )
+    for row in (*result.report["clinical"], *result.report["balancing"][1:]):
+        print(
+            f"  {row['setting']}: "
+            + ", ".join(
+                f"{key} {row[key]['mean']:.3f} ± {row[key]['std']:.3f}"
+                for key in ("roc_auc", "balanced_accuracy", "precision", "recall")
+            )
+        )
+    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
+    return 0
+
+
+def command_dermoscopy(args: argparse.Namespace) -> int:
+    """The dermoscopy paper's experiments on HAM10000; publishes the 3-block network."""
+    config = model_from_args(DermoscopyConfig, args)
+    store = None if args.no_publish else Path(args.store)
+    extra = [f"--runs {args.runs}", "--no-publish" if store is None else f"--store {store}"]
+    command = command_line("dermoscopy", config, extra=extra)
+    result = run_dermoscopy(config, Path(args.runs), store, command)
+    print(f"run folder: {result.run_dir}")
+    print(f"report:     {result.run_dir / 'report.md'}")
+    if result.published is not None:
+        print(f"published:  {result.published}")
+    for network in result.report["split_networks"]:
+        test = network["test_at_0.5"]
+        print(
+            f"  {network['name']}: test ROC AUC {test['roc_auc']:.3f}, accuracy "
+            f"{test['accuracy']:.3f}, sensitivity {test['recall']:.3f}, specificity "
+            f"{test['specificity']:.3f}, precision {test['precision']:.3f} (at 0.5)"
+        )
+    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinscreen-trainer", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -201,6 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish_parser.add_argument("--store", default="var/models", help="model store")
     publish_parser.set_defaults(handler=command_publish)
+
+    # No abbreviated options: `--clinical-share` must not pass for `--clinical-shares`.
+    experiments = commands.add_parser(
+        "experiments",
+        allow_abbrev=False,
+        help="the fusion paper's tables and t-SNE figures (clinical-share sweep with F-beta "
+        "selection, with vs without clinical data, balancing) on PAD-UFES-20",
+    )
+    _add_config_options(experiments, exclude=FIXED_BY_EXPERIMENTS)
+    _add_config_options(experiments, FusionExperimentsConfig)
+    experiments.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    experiments.set_defaults(handler=command_experiments)
+
+    dermoscopy = commands.add_parser(
+        "dermoscopy",
+        allow_abbrev=False,
+        help="the dermoscopy paper's network on HAM10000 (split, layer sweep, Lite0, "
+        "cross-validation); exports and publishes it as an image-only model",
+    )
+    _add_config_options(dermoscopy, DermoscopyConfig)
+    dermoscopy.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    dermoscopy.add_argument(
+        "--store", default="var/models", help="model store to publish into (default var/models)"
+    )
+    dermoscopy.add_argument("--no-publish", action="store_true", help="do not publish the model")
+    dermoscopy.set_defaults(handler=command_dermoscopy)
 
     add_registry_commands(commands)
     return parser

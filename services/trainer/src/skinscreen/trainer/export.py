@@ -2,8 +2,9 @@
 
 The graph follows the model contract: `image` uint8 [N, S, S, 3] and
 `clinical` float32 [N, 22] in, `cancer_probability` float32 [N] out, batch
-size dynamic. It must pass `onnx.checker` and agree with PyTorch on real
-inputs to 1e-4, or export fails.
+size dynamic. An image-only model of its own kind (the dermoscopy network)
+takes `image` alone. Every export must pass `onnx.checker` and agree with
+PyTorch on real inputs to 1e-4, or export fails.
 """
 
 from __future__ import annotations
@@ -98,25 +99,51 @@ def export_onnx(
     inputs for the parity check; use a few, with N >= 2, so that a batch
     dimension frozen to 1 by mistake shows.
     """
-    size = model.spec.image_size
-    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-        raise ExportError(
-            f"parity images must be uint8 [N, {size}, {size}, 3], got "
-            f"{images.dtype} {list(images.shape)}"
-        )
+    _check_parity_images(images, model.spec.image_size)
     if clinical.shape != (len(images), N_CLINICAL):
         raise ExportError(f"parity clinical must be [N, {N_CLINICAL}], got {list(clinical.shape)}")
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
     trace_to_onnx(model, example, path, INPUT_NAMES, [OUTPUT_NAME])
     _declare_contract_inputs(path)
-    onnx.checker.check_model(str(path), full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    served = session.run([OUTPUT_NAME], {"image": images, "clinical": clinical})[0]
     with torch.inference_mode():
         reference = model(torch.from_numpy(images), torch.from_numpy(clinical)).numpy()
-    if served.shape != (len(images),):
-        raise ExportError(f"ONNX output has shape {list(served.shape)}, expected [{len(images)}]")
+    return _verify(path, {"image": images, "clinical": clinical}, reference)
+
+
+def export_image_only_onnx(
+    model: torch.nn.Module, path: Path, images: np.ndarray, image_size: int
+) -> float:
+    """Export a model that reads the photo alone: input `image` only, no `clinical`.
+
+    `model(image)` must give the cancer probability [N]; the graph, the
+    checks and the returned parity are those of `export_onnx`. A model card
+    declares such a model with `inputs=("image",)`.
+    """
+    _check_parity_images(images, image_size)
+    model = model.eval().cpu()
+    trace_to_onnx(model, (torch.from_numpy(images[:2]),), path, ["image"], [OUTPUT_NAME])
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(images)).numpy()
+    return _verify(path, {"image": images}, reference)
+
+
+def _check_parity_images(images: np.ndarray, size: int) -> None:
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+        raise ExportError(
+            f"parity images must be uint8 [N, {size}, {size}, 3], got "
+            f"{images.dtype} {list(images.shape)}"
+        )
+
+
+def _verify(path: Path, feeds: dict[str, np.ndarray], reference: np.ndarray) -> float:
+    """`onnx.checker`, then ONNX Runtime against PyTorch's `reference` on the same `feeds`."""
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    served = session.run([OUTPUT_NAME], feeds)[0]
+    rows = len(feeds["image"])
+    if served.shape != (rows,):
+        raise ExportError(f"ONNX output has shape {list(served.shape)}, expected [{rows}]")
     difference = float(np.abs(served - reference).max())
     if difference > PARITY_TOLERANCE:
         raise ExportError(

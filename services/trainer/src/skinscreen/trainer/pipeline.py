@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -19,6 +19,7 @@ from skinscreen.core.pad_ufes import Dataset, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import (
     Threshold,
+    ThresholdMethod,
     binary_metrics,
     choose_threshold,
     patient_folds,
@@ -58,8 +59,13 @@ class RunResult:
 
 def make_run_dir(runs: Path, config: TrainConfig) -> Path:
     """A fresh folder named after time, model and image size."""
+    return new_run_dir(runs, f"{config.backbone}-{config.image_size}")
+
+
+def new_run_dir(runs: Path, name: str) -> Path:
+    """A fresh folder `<runs>/<time>-<name>`, never one that exists."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    base = runs / f"{stamp}-{config.backbone}-{config.image_size}"
+    base = runs / f"{stamp}-{name}"
     run_dir, suffix = base, 1
     while run_dir.exists():
         suffix += 1
@@ -68,7 +74,19 @@ def make_run_dir(runs: Path, config: TrainConfig) -> Path:
     return run_dir
 
 
-def select_subset(dataset: Dataset, max_samples: int | None, seed: int) -> Dataset:
+class _Labelled(Protocol):
+    def __len__(self) -> int: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    def subset(self, indices: np.ndarray) -> Self: ...
+
+
+LabelledT = TypeVar("LabelledT", bound=_Labelled)
+
+
+def select_subset(dataset: LabelledT, max_samples: int | None, seed: int) -> LabelledT:
     """A label-stratified subset for quick runs; the whole set when no limit is given."""
     if max_samples is None or max_samples >= len(dataset):
         return dataset
@@ -82,21 +100,45 @@ def cross_validate(
     trainer: Trainer, config: TrainConfig, labels: np.ndarray, groups: np.ndarray
 ) -> CrossValidation:
     folds = patient_folds(labels, groups, config.folds, config.seed)
-    probabilities = np.zeros(len(labels), dtype=np.float64)
-    fold_of = np.zeros(len(labels), dtype=np.int64)
+    probabilities = out_of_fold_probabilities(trainer, folds, config.seed)
+    return score_cross_validation(
+        labels,
+        probabilities,
+        folds,
+        config.threshold_method,
+        config.recall_target,
+        config.threshold_beta,
+        config.report_betas,
+    )
+
+
+def out_of_fold_probabilities(
+    trainer: Trainer, folds: list[tuple[np.ndarray, np.ndarray]], seed: int
+) -> np.ndarray:
+    """Each row's cancer probability from the model of the fold that held it out."""
+    probabilities = np.zeros(len(trainer.targets), dtype=np.float64)
     for index, (train, test) in enumerate(folds):
-        model = trainer.fit(train, seed=config.seed + index, desc=f"fold {index + 1}/{len(folds)}")
+        model = trainer.fit(train, seed=seed + index, desc=f"fold {index + 1}/{len(folds)}")
         probabilities[test] = trainer.predict(model, test)
+    return probabilities
+
+
+def score_cross_validation(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    method: ThresholdMethod,
+    recall_target: float,
+    beta: float,
+    betas: tuple[float, ...],
+) -> CrossValidation:
+    """Score out-of-fold predictions, each fold at a threshold chosen on the other folds."""
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    for index, (_, test) in enumerate(folds):
         fold_of[test] = index
 
     def pick(mask: np.ndarray) -> Threshold:
-        return choose_threshold(
-            labels[mask],
-            probabilities[mask],
-            config.threshold_method,
-            config.recall_target,
-            config.threshold_beta,
-        )
+        return choose_threshold(labels[mask], probabilities[mask], method, recall_target, beta)
 
     # Each fold is scored at a threshold chosen on the other folds' predictions,
     # so its recall is measured, not fitted.
@@ -104,11 +146,9 @@ def cross_validate(
     for index, (_, test) in enumerate(folds):
         fold_threshold = pick(fold_of != index).value
         per_fold_thresholds.append(fold_threshold)
-        per_fold.append(
-            binary_metrics(labels[test], probabilities[test], fold_threshold, config.report_betas)
-        )
+        per_fold.append(binary_metrics(labels[test], probabilities[test], fold_threshold, betas))
     threshold = pick(np.ones(len(labels), dtype=bool))
-    pooled = binary_metrics(labels, probabilities, threshold.value, config.report_betas)
+    pooled = binary_metrics(labels, probabilities, threshold.value, betas)
     return CrossValidation(
         labels,
         probabilities,

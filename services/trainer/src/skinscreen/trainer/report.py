@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,34 +133,60 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_roc(path: Path, cv: CrossValidation) -> None:
-    figure, axes = plt.subplots(figsize=(5.5, 5))
-    for index, (_, test) in enumerate(cv.folds):
-        fpr, tpr = roc_points(cv.labels[test], cv.probabilities[test])
-        axes.plot(
-            fpr,
-            tpr,
-            lw=1,
-            alpha=0.7,
-            label=f"fold {index + 1} (AUC {cv.per_fold[index]['roc_auc']:.3f})",
+def plot_roc(
+    path: Path, cv: CrossValidation, title: str = "ROC, cancer vs not, patient-grouped folds"
+) -> None:
+    curves = [
+        RocCurve(
+            f"fold {index + 1} (AUC {cv.per_fold[index]['roc_auc']:.3f})",
+            cv.labels[test],
+            cv.probabilities[test],
         )
-    fpr, tpr = roc_points(cv.labels, cv.probabilities)
-    axes.plot(
-        fpr, tpr, color="black", lw=2, label=f"pooled out-of-fold (AUC {cv.pooled['roc_auc']:.3f})"
+        for index, (_, test) in enumerate(cv.folds)
+    ]
+    curves.append(
+        RocCurve(
+            f"pooled out-of-fold (AUC {cv.pooled['roc_auc']:.3f})",
+            cv.labels,
+            cv.probabilities,
+            emphasised=True,
+        )
     )
+    plot_roc_curves(path, curves, title)
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    label: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    emphasised: bool = False
+
+
+def plot_roc_curves(path: Path, curves: list[RocCurve], title: str) -> None:
+    """ROC curves in one figure; an emphasised curve is drawn bold and black."""
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    for curve in curves:
+        fpr, tpr = roc_points(curve.labels, curve.probabilities)
+        if curve.emphasised:
+            axes.plot(fpr, tpr, color="black", lw=2, label=curve.label)
+        else:
+            axes.plot(fpr, tpr, lw=1, alpha=0.7, label=curve.label)
     axes.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    axes.set(
-        xlabel="1 - specificity",
-        ylabel="recall (sensitivity)",
-        title="ROC, cancer vs not, patient-grouped folds",
-    )
+    axes.set(xlabel="1 - specificity", ylabel="recall (sensitivity)", title=title)
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def plot_confusion(path: Path, matrix: list[list[int]], threshold: float) -> None:
+def plot_confusion(
+    path: Path,
+    matrix: list[list[int]],
+    threshold: float,
+    classes: tuple[str, str] = ("not cancer", "cancer"),
+    title: str = "Out-of-fold",
+) -> None:
     figure, axes = plt.subplots(figsize=(4.5, 4))
     values = np.array(matrix)
     axes.imshow(values, cmap="Blues")
@@ -173,11 +200,30 @@ def plot_confusion(path: Path, matrix: list[list[int]], threshold: float) -> Non
                 va="center",
                 color="white" if values[row, column] > values.max() / 2 else "black",
             )
-    axes.set_xticks([0, 1], ["not cancer", "cancer"])
-    axes.set_yticks([0, 1], ["not cancer", "cancer"])
-    axes.set(
-        xlabel="predicted", ylabel="diagnosed", title=f"Out-of-fold, threshold {threshold:.3f}"
-    )
+    axes.set_xticks([0, 1], list(classes))
+    axes.set_yticks([0, 1], list(classes))
+    axes.set(xlabel="predicted", ylabel="diagnosed", title=f"{title}, threshold {threshold:.3f}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_embedding(path: Path, points: np.ndarray, labels: np.ndarray, title: str) -> None:
+    """A 2-D embedding (t-SNE) [N, 2] of photos' features, coloured by cancer or not."""
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    classes = ("not cancer", "cancer")
+    for label, (name, colour) in enumerate(zip(classes, ("tab:blue", "tab:red"), strict=True)):
+        chosen = labels == label
+        axes.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=8,
+            alpha=0.7,
+            color=colour,
+            label=f"{name} ({int(chosen.sum())})",
+        )
+    axes.set(title=title, xticks=[], yticks=[])
+    axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -14,9 +14,10 @@ import copy
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +26,6 @@ from torch import nn
 from tqdm import tqdm
 
 from skinscreen.core.imaging import load_and_preprocess
-from skinscreen.core.pad_ufes import Dataset
 from skinscreen.trainer.augment import augment
 from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
 from skinscreen.trainer.config import TrainConfig
@@ -47,7 +47,32 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def load_images(dataset: Dataset, size: int) -> torch.Tensor:
+class _Photo(Protocol):
+    @property
+    def image_path(self) -> Path: ...
+
+
+class PhotoSet(Protocol):
+    """A data set whose samples name their image files (PAD-UFES-20, HAM10000)."""
+
+    @property
+    def samples(self) -> Sequence[_Photo]: ...
+
+
+class TrainingRows(Protocol):
+    """What `Trainer` reads of a data set: PAD-UFES-20's `Dataset`, or an image-only one."""
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    @property
+    def diagnosis_indices(self) -> np.ndarray: ...
+
+    @property
+    def clinical(self) -> np.ndarray: ...
+
+
+def load_images(dataset: PhotoSet, size: int) -> torch.Tensor:
     """Every photo preprocessed as the served model sees it: uint8 [N, S, S, 3]."""
     arrays = [
         load_and_preprocess(sample.image_path, size)
@@ -153,23 +178,36 @@ class FoldInputs:
         return len(self.targets)
 
 
+# The settings that the photos and cached trunk maps depend on; the others may change between fits.
+CACHE_SETTINGS: Final = (
+    "data",
+    "max_samples",
+    "backbone",
+    "resnet_weights",
+    "image_size",
+    "mode",
+    "views",
+    "seed",
+    "device",
+)
+
+
 class Trainer:
     """Fits fresh models on subsets of one data set, sharing the expensive work between fits."""
 
     def __init__(
         self,
         config: TrainConfig,
-        dataset: Dataset,
+        dataset: TrainingRows,
         images: torch.Tensor,
         progress: Callable[[str], None] = log.info,
         on_epoch: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.config = config
+        self.dataset = dataset
         self.images = images
         self.clinical = torch.from_numpy(dataset.clinical)
-        self.targets = torch.from_numpy(
-            dataset.diagnosis_indices if config.target == "diagnosis" else dataset.labels
-        )
+        self.targets = self._targets(config)
         self.device = resolve_device(config.device)
         self.progress = progress
         # Called as (what is being fitted, epoch, epochs) after every epoch; the trainer
@@ -183,6 +221,33 @@ class Trainer:
         self.runner: TrunkRunner | None = None
         if config.mode == "cached":
             self._cache_views()
+
+    def _targets(self, config: TrainConfig) -> torch.Tensor:
+        return torch.from_numpy(
+            self.dataset.diagnosis_indices if config.target == "diagnosis" else self.dataset.labels
+        )
+
+    def for_config(self, config: TrainConfig) -> Trainer:
+        """A trainer for `config` that reuses this one's photos and cached trunk maps.
+
+        Head settings (clinical share, clinical input, balancing, target, epochs, ...)
+        may differ; the settings in CACHE_SETTINGS may not, since the cache depends on them.
+        """
+        changed = [
+            name for name in CACHE_SETTINGS if getattr(config, name) != getattr(self.config, name)
+        ]
+        if changed:
+            raise ValueError(
+                f"cannot reuse the cached trunk maps: {', '.join(changed)} differ "
+                f"(only settings outside {', '.join(CACHE_SETTINGS)} may change)"
+            )
+        other = copy.copy(self)
+        other.config = config
+        other.targets = self._targets(config)
+        other.template = build_model(
+            config.model_spec(), pretrained=True, weights_path=config.resnet_weights
+        )
+        return other
 
     def _cache_views(self) -> None:
         started = time.perf_counter()
@@ -334,6 +399,23 @@ class Trainer:
         return np.mean([self._predict_member(member, indices) for member in members], axis=0)
 
     def _predict_member(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
+        return self._map_rows(
+            model,
+            indices,
+            lambda features, clinical: model.cancer_probability(model.head(features, clinical)),
+        )
+
+    def fused_features(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
+        """What the classifier of `model` sees for the rows `indices` (clean photos): [N, F]."""
+        return self._map_rows(model, indices, model.head.fuse)
+
+    def _map_rows(
+        self,
+        model: ScreeningModel,
+        indices: np.ndarray,
+        head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> np.ndarray:
+        """`head(image features, clinical)` on the rows `indices`, batch by batch."""
         index = torch.from_numpy(indices)
         outputs = []
         model.to(self.device).eval()
@@ -348,6 +430,6 @@ class Trainer:
                 else:
                     pixels = self.images[rows].to(self.device)
                     features = model.backbone(model.pixels_to_input(pixels))
-                outputs.append(model.cancer_probability(model.head(features, clinical)).cpu())
+                outputs.append(head(features, clinical).cpu())
         model.cpu()
         return torch.cat(outputs).numpy()

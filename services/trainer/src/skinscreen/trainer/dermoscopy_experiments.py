@@ -1,0 +1,572 @@
+"""The dermoscopy paper's experiments on HAM10000, and the image-only model they publish.
+
+On a 60/20/20 split grouped by lesion: the paper's 3-block network, the same
+network with 1 and 2 blocks (its layer sweep), and EfficientNet-Lite0 with
+ImageNet weights for comparison, reported as the paper does (accuracy,
+sensitivity, specificity, precision, ROC curves, confusion matrix); then a
+5-fold cross-validation of the 3-block network, grouped by lesion. The
+3-block network is exported with the photo as its only input and published
+as `skinscreen-dermoscopy`, through the same card and store as the fusion model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from skinscreen.core.card import DecisionThreshold, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.core.clinical import N_CLINICAL
+from skinscreen.core.ham10000 import DermoscopyDataset, load_ham10000
+from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.dermoscopy import (
+    DENSE_UNITS,
+    DermoscopyNetwork,
+    NetworkSpec,
+    fit_network,
+    predict,
+    save_checkpoint,
+)
+from skinscreen.trainer.evaluation import (
+    Threshold,
+    binary_metrics,
+    choose_threshold,
+    patient_folds,
+)
+from skinscreen.trainer.export import export_image_only_onnx, parity_rows
+from skinscreen.trainer.pipeline import (
+    CrossValidation,
+    new_run_dir,
+    score_cross_validation,
+    select_subset,
+)
+from skinscreen.trainer.report import RocCurve, plot_confusion, plot_roc, plot_roc_curves
+from skinscreen.trainer.training import Trainer, load_images, resolve_device
+
+log = logging.getLogger(__name__)
+
+DERMOSCOPY_MODEL_NAME: Final = "skinscreen-dermoscopy"
+SWEEP_BLOCKS: Final = (1, 2, 3)
+PUBLISHED_BLOCKS: Final = 3
+# A sigmoid output read at 0.5, as the paper reports it; training on balanced
+# epochs puts 0.5 where the two classes weigh the same.
+PAPER_THRESHOLD: Final = 0.5
+CLASSES: Final = ("benign", "malignant")
+REPORTED = ("roc_auc", "accuracy", "recall", "specificity", "precision", "balanced_accuracy")
+HEADERS: Final = {
+    "roc_auc": "ROC AUC",
+    "accuracy": "accuracy",
+    "recall": "sensitivity",
+    "specificity": "specificity",
+    "precision": "precision",
+    "balanced_accuracy": "balanced accuracy",
+}
+
+
+class DermoscopyConfig(BaseModel):
+    """Every knob of the dermoscopy experiments; defaults are the published model's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path = Field(description="HAM10000 folder holding HAM10000_metadata.csv and images/.")
+    name: str = Field(
+        DERMOSCOPY_MODEL_NAME,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Model name in the store.",
+    )
+    image_size: Annotated[int, Field(ge=32, le=512)] = Field(
+        150, description="Input side S of the paper's network (150 in the paper)."
+    )
+    epochs: Annotated[int, Field(ge=1)] = Field(
+        8, description="Class-balanced epochs of each network on the 60/20/20 split."
+    )
+    cv_epochs: Annotated[int, Field(ge=1)] = Field(
+        2, description="Class-balanced epochs of the 3-block network in each fold of the CV."
+    )
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    learning_rate: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="Adam's rate.")
+    folds: Annotated[int, Field(ge=2)] = 5
+    seed: int = 0
+    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.95, description="The served threshold is the highest reaching it on validation."
+    )
+    lite0: bool = Field(True, description="Fit EfficientNet-Lite0 on the same split to compare.")
+    lite0_image_size: Annotated[int, Field(ge=32, le=1024)] = 192
+    lite0_mode: Literal["cached", "full"] = Field(
+        "cached", description="As `train --mode`: cached (CPU) or full fine-tuning (GPU)."
+    )
+    lite0_views: Annotated[int, Field(ge=1, le=64)] = 1
+    lite0_epochs: Annotated[int, Field(ge=1)] = 8
+    max_samples: Annotated[int | None, Field(ge=50)] = Field(
+        None, description="Use a stratified subset of this many images (smoke runs)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def lite0_config(self) -> TrainConfig:
+        """The fusion trainer's configuration of the Lite0 comparison: image only, two classes."""
+        return TrainConfig(
+            data=self.data,
+            backbone="efficientnet-lite0",
+            image_size=self.lite0_image_size,
+            use_clinical=False,
+            target="cancer",
+            mode=self.lite0_mode,
+            views=self.lite0_views,
+            ensemble=1,
+            epochs=self.lite0_epochs,
+            seed=self.seed,
+            device=self.device,
+        )
+
+
+@dataclass(frozen=True)
+class ImageOnlyRows:
+    """HAM10000 as the fusion `Trainer` reads it: the labels, and a clinical vector it ignores."""
+
+    labels: np.ndarray
+
+    @property
+    def clinical(self) -> np.ndarray:
+        return np.zeros((len(self.labels), N_CLINICAL), dtype=np.float32)
+
+    @property
+    def diagnosis_indices(self) -> np.ndarray:
+        raise ValueError("HAM10000's diagnoses are not PAD-UFES-20's: train with target 'cancer'")
+
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def lesion_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> Split:
+    """60/20/20, stratified by label, every lesion's images on one side.
+
+    Two of five grouped folds are the test and validation parts; the other three train.
+    """
+    folds = patient_folds(labels, groups, 5, seed)
+    test, validation = folds[0][1], folds[1][1]
+    train = np.setdiff1d(np.arange(len(labels)), np.concatenate([test, validation]))
+    return Split(train, validation, test)
+
+
+@dataclass
+class SplitModel:
+    """One network fitted on the split's training part, with its predictions."""
+
+    name: str
+    validation: np.ndarray
+    test: np.ndarray
+    seconds: float
+    epoch: int | None = None
+    validation_auc: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DermoscopyResult:
+    run_dir: Path
+    report: dict[str, Any]
+    card: ModelCard
+    published: Path | None
+
+
+def run_dermoscopy(
+    config: DermoscopyConfig, runs: Path, store: Path | None, command: str
+) -> DermoscopyResult:
+    """Every experiment into a new run folder under `runs`, then export and publish (if `store`).
+
+    The folder is made once the data has loaded, so a wrong data folder leaves nothing.
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    dataset = select_subset(load_ham10000(config.data), config.max_samples, config.seed)
+    run_dir = new_run_dir(runs, f"dermoscopy-{config.image_size}")
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    labels = dataset.labels
+    log.info(
+        "HAM10000: %d images, %d rows skipped (image missing); %s",
+        len(dataset),
+        dataset.skipped_missing_image,
+        dict(sorted(dataset.diagnoses.items())),
+    )
+    images = load_images(dataset, config.image_size)
+    timings["load_images_s"] = time.perf_counter() - started
+    split = lesion_split(labels, dataset.groups, config.seed)
+    device = resolve_device(config.device)
+
+    models: list[SplitModel] = []
+    network: DermoscopyNetwork | None = None
+    for blocks in SWEEP_BLOCKS:
+        mark = time.perf_counter()
+        fit = fit_network(
+            NetworkSpec(blocks=blocks, image_size=config.image_size),
+            images,
+            labels,
+            split.train,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            device=device,
+            desc=f"{blocks}-block network",
+            validation=split.validation,
+        )
+        models.append(
+            SplitModel(
+                f"{blocks} block{'s' if blocks > 1 else ''}",
+                predict(fit.model, images, split.validation, device),
+                predict(fit.model, images, split.test, device),
+                time.perf_counter() - mark,
+                fit.epoch,
+                fit.validation_auc,
+            )
+        )
+        timings[f"split_{blocks}_blocks_s"] = models[-1].seconds
+        if blocks == PUBLISHED_BLOCKS:
+            network = fit.model
+    assert network is not None
+    if config.lite0:
+        models.append(_fit_lite0(config, dataset, split))
+        timings["split_lite0_s"] = models[-1].seconds
+
+    mark = time.perf_counter()
+    cv = _cross_validate(config, images, labels, dataset.groups, device)
+    timings["cross_validation_s"] = time.perf_counter() - mark
+
+    main = models[SWEEP_BLOCKS.index(PUBLISHED_BLOCKS)]
+    threshold = choose_threshold(
+        labels[split.validation], main.validation, "recall", config.recall_target
+    )
+    mark = time.perf_counter()
+    model_path = run_dir / "model.onnx"
+    rows = split.test[parity_rows(len(split.test))]
+    parity = export_image_only_onnx(
+        network, model_path, images[torch.from_numpy(rows)].numpy(), config.image_size
+    )
+    save_checkpoint(network, run_dir / "checkpoint.pt", {"threshold": threshold.value})
+    timings["export_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+
+    card = _card(config, dataset, split, threshold, cv, model_path)
+    (run_dir / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
+    report = _report(config, command, dataset, split, models, threshold, cv, card, parity, timings)
+    _plots(run_dir, labels, split, models, threshold, cv)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run_dir / "report.md").write_text(render_markdown(report))
+    published = publish(store, model_path, card) if store is not None else None
+    if published is not None:
+        log.info("published %s %s at %s", card.name, card.version, published)
+    return DermoscopyResult(run_dir, report, card, published)
+
+
+def _fit_lite0(config: DermoscopyConfig, dataset: DermoscopyDataset, split: Split) -> SplitModel:
+    """EfficientNet-Lite0 through the fusion trainer, image only, on the same split."""
+    mark = time.perf_counter()
+    lite0 = config.lite0_config()
+    images = load_images(dataset, lite0.image_size)
+    trainer = Trainer(lite0, ImageOnlyRows(dataset.labels), images)
+    ensemble = trainer.fit(split.train, seed=config.seed, desc="EfficientNet-Lite0")
+    return SplitModel(
+        f"EfficientNet-Lite0 ({lite0.mode})",
+        trainer.predict(ensemble, split.validation),
+        trainer.predict(ensemble, split.test),
+        time.perf_counter() - mark,
+    )
+
+
+def _cross_validate(
+    config: DermoscopyConfig,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    device: torch.device,
+) -> CrossValidation:
+    """The 3-block network in k folds grouped by lesion, each scored at the others' threshold."""
+    folds = patient_folds(labels, groups, config.folds, config.seed)
+    probabilities = np.zeros(len(labels), dtype=np.float64)
+    for index, (train, test) in enumerate(folds):
+        fit = fit_network(
+            NetworkSpec(blocks=PUBLISHED_BLOCKS, image_size=config.image_size),
+            images,
+            labels,
+            train,
+            epochs=config.cv_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed + index,
+            device=device,
+            desc=f"fold {index + 1}/{len(folds)}",
+        )
+        probabilities[test] = predict(fit.model, images, test, device)
+    return score_cross_validation(
+        labels, probabilities, folds, "recall", config.recall_target, 1.0, (1.0,)
+    )
+
+
+def _card(
+    config: DermoscopyConfig,
+    dataset: DermoscopyDataset,
+    split: Split,
+    threshold: Threshold,
+    cv: CrossValidation,
+    model_path: Path,
+) -> ModelCard:
+    created = datetime.now(UTC)
+    labels = dataset.labels
+    return ModelCard(
+        name=config.name,
+        version=created.strftime("%Y%m%d.%H%M%S"),
+        created_at=created,
+        sha256=file_sha256(model_path),
+        input_size=config.image_size,
+        backbone=f"dermoscopy-cnn-{PUBLISHED_BLOCKS}-blocks",
+        clinical_share=None,
+        n_image_features=DENSE_UNITS,
+        use_clinical=False,
+        balancing="balanced-epochs",
+        training_mode="full",
+        decision_threshold=DecisionThreshold(
+            value=threshold.value,
+            method=threshold.method,
+            description=f"highest threshold reaching recall >= {config.recall_target} on the "
+            "validation split (20 %, grouped by lesion)",
+        ),
+        data_fingerprint=dataset.fingerprint(),
+        data_description=(
+            f"HAM10000 at {config.data}: {len(dataset)} images of "
+            f"{len(set(dataset.groups))} lesions, {int(labels.sum())} malignant (mel, bcc, "
+            f"akiec); trained on {len(split.train)} (60 %), best epoch and threshold chosen on "
+            f"{len(split.validation)} (20 %), tested on {len(split.test)} (20 %), grouped by "
+            f"lesion; cross-validation: {config.folds} folds grouped by lesion, "
+            f"{config.cv_epochs} epochs each; {dataset.skipped_missing_image} metadata rows "
+            "without an image skipped"
+        ),
+        cross_validation={key: MetricSummary(**value) for key, value in cv.summary.items()},
+        folds=config.folds,
+        training_config=json.loads(config.model_dump_json()),
+        inputs=("image",),
+    )
+
+
+def _scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, Any]:
+    return binary_metrics(labels, probabilities, threshold, (1.0,))
+
+
+def _report(
+    config: DermoscopyConfig,
+    command: str,
+    dataset: DermoscopyDataset,
+    split: Split,
+    models: list[SplitModel],
+    threshold: Threshold,
+    cv: CrossValidation,
+    card: ModelCard,
+    parity: float,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    labels = dataset.labels
+    test_labels = labels[split.test]
+    networks = []
+    for model in models:
+        screening = choose_threshold(
+            labels[split.validation], model.validation, "recall", config.recall_target
+        ).value
+        networks.append(
+            {
+                "name": model.name,
+                "seconds": model.seconds,
+                "best_epoch": model.epoch,
+                "validation_auc_per_epoch": model.validation_auc,
+                "test_at_0.5": _scores(test_labels, model.test, PAPER_THRESHOLD),
+                "screening_threshold": screening,
+                "test_at_screening_threshold": _scores(test_labels, model.test, screening),
+            }
+        )
+    return {
+        "command": command,
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
+        "config": json.loads(config.model_dump_json()),
+        "data": {
+            "images": len(dataset),
+            "lesions": len(set(dataset.groups)),
+            "malignant": int(labels.sum()),
+            "skipped_missing_image": dataset.skipped_missing_image,
+            "diagnoses": dict(sorted(dataset.diagnoses.items())),
+            "fingerprint": card.data_fingerprint,
+            "split": {
+                part: {"images": len(rows), "malignant": int(labels[rows].sum())}
+                for part, rows in (
+                    ("train", split.train),
+                    ("validation", split.validation),
+                    ("test", split.test),
+                )
+            },
+        },
+        "threshold": {
+            "value": threshold.value,
+            "description": card.decision_threshold.description,
+        },
+        "split_networks": networks,
+        "cross_validation": {
+            "summary": cv.summary,
+            "per_fold": cv.per_fold,
+            "per_fold_thresholds": cv.per_fold_thresholds,
+            "pooled_out_of_fold": cv.pooled,
+        },
+        "card": json.loads(card.model_dump_json()),
+        "onnx_parity_max_abs_difference": parity,
+        "timings_s": timings,
+    }
+
+
+def _plots(
+    run_dir: Path,
+    labels: np.ndarray,
+    split: Split,
+    models: list[SplitModel],
+    threshold: Threshold,
+    cv: CrossValidation,
+) -> None:
+    test_labels = labels[split.test]
+    curves = [
+        RocCurve(
+            f"{model.name} (AUC {_scores(test_labels, model.test, 0.5)['roc_auc']:.3f})",
+            test_labels,
+            model.test,
+            emphasised=index == SWEEP_BLOCKS.index(PUBLISHED_BLOCKS),
+        )
+        for index, model in enumerate(models)
+    ]
+    plot_roc_curves(
+        run_dir / "roc_test.png", curves, "ROC on the test split (20 %, grouped by lesion)"
+    )
+    main = models[SWEEP_BLOCKS.index(PUBLISHED_BLOCKS)]
+    for name, value in (("paper", PAPER_THRESHOLD), ("screening", threshold.value)):
+        plot_confusion(
+            run_dir / f"confusion_test_{name}.png",
+            _scores(test_labels, main.test, value)["confusion_matrix"],
+            value,
+            CLASSES,
+            title=f"{main.name}, test split",
+        )
+    plot_roc(
+        run_dir / "roc_cross_validation.png",
+        cv,
+        f"ROC, {PUBLISHED_BLOCKS}-block network, folds grouped by lesion",
+    )
+
+
+def _row(name: str, metrics: dict[str, Any]) -> str:
+    return f"| {name} | " + " | ".join(f"{metrics[key]:.3f}" for key in REPORTED) + " |"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    config, data = report["config"], report["data"]
+    networks = report["split_networks"]
+    cv = report["cross_validation"]
+    header = "| network | " + " | ".join(HEADERS[key] for key in REPORTED) + " |"
+    rule = "|---" * (len(REPORTED) + 1) + "|"
+    split = data["split"]
+    lines = [
+        f"# The dermoscopy paper on HAM10000: {report['model']['name']} "
+        f"{report['model']['version']}",
+        "",
+        "Produced by:",
+        "",
+        "```sh",
+        report["command"],
+        "```",
+        "",
+        f"Data: {data['images']} images of {data['lesions']} lesions, {data['malignant']} "
+        "malignant (mel, bcc, akiec; benign: nv, bkl, df, vasc); "
+        f"{data['skipped_missing_image']} metadata rows skipped for a missing image. "
+        f"Diagnoses: {', '.join(f'{k} {v}' for k, v in data['diagnoses'].items())}.",
+        "",
+        f"Split grouped by lesion (no lesion on two sides), stratified: train "
+        f"{split['train']['images']} ({split['train']['malignant']} malignant), validation "
+        f"{split['validation']['images']} ({split['validation']['malignant']}), test "
+        f"{split['test']['images']} ({split['test']['malignant']}).",
+        "",
+        f"Networks: {config['image_size']}x{config['image_size']}x3 input, blocks of 3x3 "
+        "convolution + ReLU + 2x2 max pooling (32, 32, 64 filters), flatten, dense 64 + ReLU, "
+        f"one sigmoid output; Adam at {config['learning_rate']} with a cosine decay, "
+        f"batch {config['batch_size']}, "
+        f"{config['epochs']} class-balanced epochs (every malignant training image and as many "
+        "benign ones, drawn afresh each epoch), rotation/shift/zoom (and flip) augmentation; "
+        "the epoch with the best validation ROC AUC is kept."
+        + (
+            f" EfficientNet-Lite0: ImageNet weights, {config['lite0_image_size']} px, "
+            f"{config['lite0_mode']} mode ({config['lite0_views']} augmented view(s) cached), "
+            f"{config['lite0_epochs']} epochs, weighted loss, through the fusion trainer "
+            "without clinical input."
+            if config["lite0"]
+            else ""
+        ),
+        "",
+        "## Test split, sigmoid output read at 0.5 (as in the paper)",
+        "",
+        header,
+        rule,
+        *[_row(network["name"], network["test_at_0.5"]) for network in networks],
+        "",
+        "## Test split, at the screening threshold",
+        "",
+        f"Each network's threshold is the highest that reaches recall "
+        f"{config['recall_target']} on the validation split; the 3-block network's, "
+        f"{report['threshold']['value']:.4f}, is the published model's.",
+        "",
+        header,
+        rule,
+        *[_row(network["name"], network["test_at_screening_threshold"]) for network in networks],
+        "",
+        "Best epoch (validation ROC AUC): "
+        + "; ".join(
+            f"{network['name']}: {network['best_epoch']} of {config['epochs']} "
+            f"({max(network['validation_auc_per_epoch']):.3f})"
+            for network in networks
+            if network["best_epoch"] is not None
+        )
+        + ".",
+        "",
+        "![ROC on the test split](roc_test.png)",
+        "![Confusion matrix at 0.5](confusion_test_paper.png)",
+        "![Confusion matrix at the screening threshold](confusion_test_screening.png)",
+        "",
+        f"## Cross-validation of the 3-block network ({config['folds']} folds grouped by "
+        f"lesion, {config['cv_epochs']} epochs each)",
+        "",
+        "Each fold is scored at the threshold reaching recall "
+        f"{config['recall_target']} on the other folds' predictions.",
+        "",
+        "| metric | mean ± std |",
+        "|---|---|",
+        *[
+            f"| {HEADERS[key]} | {cv['summary'][key]['mean']:.3f} ± "
+            f"{cv['summary'][key]['std']:.3f} |"
+            for key in REPORTED
+        ],
+        "",
+        "![ROC of the cross-validation](roc_cross_validation.png)",
+        "",
+        "## Time",
+        "",
+        *[
+            f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
+            for key, value in report["timings_s"].items()
+        ],
+        "",
+        f"ONNX export (input `image` alone) checked: max |ONNX Runtime - PyTorch| = "
+        f"{report['onnx_parity_max_abs_difference']:.1e}.",
+        "",
+    ]
+    return "\n".join(lines)
