@@ -7,7 +7,6 @@ database on them and a Redis database of its own, so queues never mix.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import itertools
 import json
@@ -15,9 +14,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -32,6 +29,7 @@ from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
     Process,
     Servers,
     model_store,
+    own_database,
     servers,
 )
 
@@ -54,19 +52,6 @@ def submit(client: httpx.Client, seed: int) -> httpx.Response:
     )
 
 
-def _fresh_database(server: Servers, name: str) -> str:
-    async def create() -> None:
-        connection = await asyncpg.connect(server.database_url)
-        try:
-            await connection.execute(f"DROP DATABASE IF EXISTS {name}")
-            await connection.execute(f"CREATE DATABASE {name}")
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
-    return urlunsplit(urlsplit(server.database_url)._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="module")
 def deploy_env(
     servers: Servers,  # noqa: F811  (the imported fixture)
@@ -77,7 +62,7 @@ def deploy_env(
     number = next(_stacks)
     env = {
         **os.environ,
-        "DATABASE_URL": _fresh_database(servers, f"deploy{number}"),
+        "DATABASE_URL": own_database(servers, f"deploy{number}"),
         "REDIS_URL": servers.redis_url.rsplit("/", 1)[0] + f"/{number}",
         "BLOB_DIR": str(tmp_path_factory.mktemp("blobs")),
         "MODEL_STORE": str(model_store),

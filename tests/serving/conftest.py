@@ -274,7 +274,7 @@ class Lifecycle:
     shipped_version: str
 
 
-def _own_database(servers: Servers, name: str) -> str:
+def own_database(servers: Servers, name: str) -> str:
     """A fresh database on the session's server: registry changes stay in one module."""
 
     async def create() -> None:
@@ -302,7 +302,7 @@ def lifecycle(
     folder = tmp_path_factory.mktemp(f"lifecycle{number}")
     env = {
         **os.environ,
-        "DATABASE_URL": _own_database(servers, f"lifecycle{number}"),
+        "DATABASE_URL": own_database(servers, f"lifecycle{number}"),
         "REDIS_URL": servers.redis_url.rsplit("/", 1)[0] + f"/{number}",
         "BLOB_DIR": str(folder / "blobs"),
         "MODEL_STORE": str(folder / "models"),
