@@ -48,6 +48,10 @@ experiments: $(INSTALLED)
 	$(VENV)/bin/skinscreen-trainer experiments --data $(DATA) --runs $(RUNS) $(EXPERIMENTS_OPTIONS)
 
 # The dermoscopy paper on $(HAM10000); publishes skinscreen-dermoscopy into $(STORE).
+# glibc hands the network's large freed buffers back to the system and faults them in
+# again at every step (31 % of a run's CPU time); keeping them trains 1.75x faster.
+dermoscopy: export MALLOC_MMAP_THRESHOLD_ := 4294967296
+dermoscopy: export MALLOC_TRIM_THRESHOLD_ := 4294967296
 dermoscopy: $(INSTALLED)
 	$(VENV)/bin/skinscreen-trainer dermoscopy --data $(HAM10000) --runs $(RUNS) --store $(STORE)
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import fbeta_score
 
 from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.cli import main
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.evaluation import Threshold
+from skinscreen.trainer.evaluation import Threshold, fbeta_at
 from skinscreen.trainer.fusion_experiments import Setting, best_setting, head_config
 from skinscreen.trainer.pipeline import CrossValidation, select_subset
 from skinscreen.trainer.training import Trainer, load_images
@@ -121,6 +122,20 @@ def test_best_setting_puts_recall_first_then_balanced_accuracy() -> None:
     # No setting reaches the target: the highest recall wins, whatever its accuracy.
     best, beta = best_setting([low, high], (1.0, 5.0), recall_target=0.99)
     assert (best.clinical_share, beta) == (0.1, 5.0)
+
+
+def test_fbeta_selection_scores_exactly_like_scikit_learn() -> None:
+    """F-beta selection scores every candidate threshold at once; the scores must not move."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    probabilities = np.round(rng.random(300), 2)  # ties, as real predictions have
+    candidates = np.unique(probabilities)
+    for beta in (1.0, 3.0, 10.0):
+        expected = [
+            fbeta_score(labels, probabilities >= candidate, beta=beta, zero_division=0)
+            for candidate in candidates
+        ]
+        np.testing.assert_array_equal(fbeta_at(labels, probabilities, candidates, beta), expected)
 
 
 @pytest.mark.data

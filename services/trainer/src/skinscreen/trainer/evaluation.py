@@ -103,15 +103,38 @@ def choose_threshold(
         )
     if method == "fbeta":
         candidates = np.unique(probabilities)
-        scores = [
-            fbeta_score(labels, (probabilities >= c).astype(np.int64), beta=beta, zero_division=0)
-            for c in candidates
-        ]
-        value = float(candidates[int(np.argmax(scores))])
+        value = float(candidates[int(np.argmax(fbeta_at(labels, probabilities, candidates, beta)))])
         return Threshold(
             value, "fbeta", f"threshold maximising F{_beta_name(beta)} on out-of-fold predictions"
         )
     raise ValueError(f"unknown threshold method {method!r}; choose 'recall' or 'fbeta'")
+
+
+def fbeta_at(
+    labels: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, beta: float
+) -> np.ndarray:
+    """F-beta of `probabilities >= t` for every threshold t, from counts, in one pass.
+
+    The arithmetic of scikit-learn's `fbeta_score`, (1 + b^2) TP / (b^2 P + predicted P),
+    so the same scores; one `fbeta_score` call per candidate took seconds per choice
+    on a thousand predictions.
+    """
+    positives = np.sort(probabilities[labels == 1])
+    negatives = np.sort(probabilities[labels == 0])
+    true_positives = len(positives) - np.searchsorted(positives, thresholds, side="left")
+    predicted = (
+        true_positives + len(negatives) - np.searchsorted(negatives, thresholds, side="left")
+    )
+    beta2 = beta**2
+    denominator = beta2 * float(len(positives)) + predicted.astype(np.float64)
+    scores = np.zeros(len(thresholds), dtype=np.float64)
+    np.divide(
+        (1 + beta2) * true_positives.astype(np.float64),
+        denominator,
+        out=scores,
+        where=denominator > 0,
+    )
+    return scores
 
 
 def summarise(per_fold: list[dict[str, float | list[list[int]]]]) -> dict[str, dict[str, float]]:
