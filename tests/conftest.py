@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from skinscreen.core.ham10000 import METADATA_FILE as HAM10000_METADATA
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PAD_UFES = SHARED_DATA / "pad-ufes-20"
+HAM10000 = SHARED_DATA / "ham10000"
 
 # The API form of the clinical answers, as DESIGN.md gives it.
 DESIGN_EXAMPLE: dict[str, object] = {
@@ -30,6 +33,13 @@ def pad_ufes_dir() -> Path:
     if not (PAD_UFES / "metadata.csv").is_file():
         pytest.skip(f"real PAD-UFES-20 data not found at {PAD_UFES}")
     return PAD_UFES
+
+
+@pytest.fixture(scope="session")
+def ham10000_dir() -> Path:
+    if not (HAM10000 / HAM10000_METADATA).is_file():
+        pytest.skip(f"real HAM10000 data not found at {HAM10000}")
+    return HAM10000
 
 
 def official_layout_copy(source: Path, target: Path, rows: int) -> list[dict[str, str]]:

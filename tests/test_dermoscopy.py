@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from skinscreen.core.card import ModelCard, latest_version, read_card, verified_model
-from skinscreen.core.ham10000 import METADATA_FILE, load_ham10000
+from skinscreen.core.ham10000 import load_ham10000
 from skinscreen.trainer.cli import main
 from skinscreen.trainer.dermoscopy import (
     DermoscopyNetwork,
@@ -22,16 +22,7 @@ from skinscreen.trainer.dermoscopy import (
 )
 from skinscreen.trainer.export import ExportError, export_image_only_onnx
 from skinscreen.trainer.training import load_images
-from tests.conftest import REPO, SHARED_DATA
-
-HAM10000 = SHARED_DATA / "ham10000"
-
-
-@pytest.fixture(scope="module")
-def ham10000_dir() -> Path:
-    if not (HAM10000 / METADATA_FILE).is_file():
-        pytest.skip(f"real HAM10000 data not found at {HAM10000}")
-    return HAM10000
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(

@@ -18,16 +18,6 @@ from skinscreen.core.ham10000 import (
 from skinscreen.core.pad_ufes import DataError
 from skinscreen.trainer.dermoscopy_experiments import lesion_split
 from skinscreen.trainer.evaluation import patient_folds
-from tests.conftest import SHARED_DATA
-
-HAM10000 = SHARED_DATA / "ham10000"
-
-
-@pytest.fixture(scope="module")
-def ham10000_dir() -> Path:
-    if not (HAM10000 / METADATA_FILE).is_file():
-        pytest.skip(f"real HAM10000 data not found at {HAM10000}")
-    return HAM10000
 
 
 def test_the_paper_splits_the_seven_diagnoses_into_malignant_and_benign() -> None:
