@@ -7,12 +7,23 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 from skinscreen.core.clinical import ClinicalInput, Region
-from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask
+from skinscreen.runtime.queue import (
+    DEFAULT_MODEL_NAME,
+    QUEUE,
+    TASK_NAME,
+    ScreeningTask,
+    queue_for,
+)
 
 PROTO = Path(__file__).resolve().parents[2] / "proto" / "skinscreen" / "v1" / "screening.proto"
 
 # The proto type that describes how each Python field type travels in the JSON message.
-PROTO_TYPES: dict[object, str] = {UUID: "string", str: "string", ClinicalInput: "ClinicalInput"}
+PROTO_TYPES: dict[object, str] = {
+    UUID: "string",
+    str: "string",
+    # A proto3 message field has presence: absent is None.
+    ClinicalInput | None: "ClinicalInput",
+}
 
 
 def _proto() -> str:
@@ -65,3 +76,20 @@ def test_the_message_sent_has_the_proto_fields_and_reads_back_unchanged() -> Non
     assert message["screening_id"] == str(task.screening_id)
     assert message["clinical"]["region"] == "FACE"
     assert ScreeningTask.model_validate(message) == task
+
+
+def test_an_image_only_screening_has_no_clinical_and_its_own_queue() -> None:
+    task = ScreeningTask(
+        screening_id=uuid4(), image_key="ab/photo.jpg", clinical=None,
+        model_name="skinscreen-dermoscopy",
+    )  # fmt: skip
+    message = task.model_dump(mode="json")
+    assert message["clinical"] is None
+    assert ScreeningTask.model_validate(message) == task
+    assert queue_for("skinscreen-dermoscopy") == f"{QUEUE}.skinscreen-dermoscopy"
+    assert queue_for(DEFAULT_MODEL_NAME) == QUEUE
+
+
+def test_a_message_from_before_several_models_goes_to_the_default_model() -> None:
+    old = {"screening_id": str(uuid4()), "image_key": "ab/photo.jpg", "clinical": None}
+    assert ScreeningTask.model_validate(old).model_name == DEFAULT_MODEL_NAME

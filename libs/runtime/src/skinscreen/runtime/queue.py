@@ -7,6 +7,7 @@ describes; tests/serving/test_queue_contract.py pins that they agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 from uuid import UUID
 
@@ -17,11 +18,22 @@ from pydantic import BaseModel, ConfigDict
 from skinscreen.core.clinical import ClinicalInput
 
 TASK_NAME: Final = "skinscreen.screen"
+# The model a screening goes to when it names none, and whose queue is plain `screenings`.
+DEFAULT_MODEL_NAME: Final = "skinscreen-fusion"
 QUEUE: Final = "screenings"
 # Training has its own queue, never shared with inference: a run takes minutes to hours
 # and must not hold up screenings, nor be taken by an inference worker.
 TRAINING_TASK_NAME: Final = "skinscreen.train"
 TRAINING_QUEUE: Final = "training"
+
+
+def queue_for(model_name: str) -> str:
+    """The queue of a model's screenings: each served model has workers of its own.
+
+    The default model keeps the plain name, so its queue, its KEDA trigger and
+    the messages already waiting in it stay as they were before other models.
+    """
+    return QUEUE if model_name == DEFAULT_MODEL_NAME else f"{QUEUE}.{model_name}"
 
 
 class ScreeningTask(BaseModel):
@@ -31,21 +43,24 @@ class ScreeningTask(BaseModel):
 
     screening_id: UUID
     image_key: str
-    clinical: ClinicalInput
+    # None for a model without clinical input that was sent none.
+    clinical: ClinicalInput | None
+    # The model asked for; a worker serving another one refuses the task.
+    model_name: str = DEFAULT_MODEL_NAME
 
 
 class CeleryConfig:
     """Celery settings, all under the CELERY_ namespace (`config_from_object(namespace=...)`)."""
 
-    def __init__(self, redis_url: str, visibility_timeout_s: int) -> None:
+    def __init__(
+        self, redis_url: str, visibility_timeout_s: int, models: Sequence[str] = ()
+    ) -> None:
         self.CELERY_BROKER_URL = redis_url
         self.CELERY_RESULT_BACKEND = redis_url
         # Results live in PostgreSQL; Redis holds only what can be lost.
         self.CELERY_TASK_IGNORE_RESULT = True
-        self.CELERY_TASK_QUEUES = (
-            Queue(QUEUE, routing_key=QUEUE),
-            Queue(TRAINING_QUEUE, routing_key=TRAINING_QUEUE),
-        )
+        names = dict.fromkeys([QUEUE, *(queue_for(model) for model in models), TRAINING_QUEUE])
+        self.CELERY_TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in names)
         self.CELERY_TASK_DEFAULT_QUEUE = QUEUE
         self.CELERY_TASK_ROUTES = {
             TASK_NAME: {"queue": QUEUE},
@@ -67,7 +82,19 @@ class CeleryConfig:
         self.CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 
-def make_celery(name: str, redis_url: str, visibility_timeout_s: int) -> Celery:
+def declare_model_queue(app: Celery, model_name: str) -> str:
+    """Declare a model's queue on a running app (the gateway learns models as it goes)."""
+    queue = queue_for(model_name)
+    if queue not in app.amqp.queues:
+        app.amqp.queues.add(Queue(queue, routing_key=queue))
+    return queue
+
+
+def make_celery(
+    name: str, redis_url: str, visibility_timeout_s: int, models: Sequence[str] = ()
+) -> Celery:
+    """A Celery app with the screenings, training and `models`' queues declared."""
     app = Celery(name)
-    app.config_from_object(CeleryConfig(redis_url, visibility_timeout_s), namespace="CELERY")
+    config = CeleryConfig(redis_url, visibility_timeout_s, models)
+    app.config_from_object(config, namespace="CELERY")
     return app

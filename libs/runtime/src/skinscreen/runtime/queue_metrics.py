@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
 from uuid import UUID
 
 import asyncpg
@@ -23,11 +22,9 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .queue import QUEUE, TRAINING_QUEUE
+from .queue import QUEUE, TRAINING_QUEUE, queue_for
 
 logger = logging.getLogger(__name__)
-
-WATCHED_QUEUES: Final = (QUEUE, TRAINING_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -52,39 +49,57 @@ def screening_id_of(raw: bytes | str) -> UUID | None:
         return None
 
 
+async def served_queues(pool: asyncpg.Pool) -> list[str]:
+    """The screening queues of every model with an active version (the default's always)."""
+    try:
+        names = await pool.fetch("SELECT name FROM model_versions WHERE status = 'active'")
+    except (asyncpg.PostgresError, OSError) as exc:
+        logger.warning("queue metrics: PostgreSQL did not answer: %s", exc)
+        names = []
+    return sorted({QUEUE, *(queue_for(row["name"]) for row in names)})
+
+
 async def read_queue_state(
-    redis: Redis, pool: asyncpg.Pool, queues: Sequence[str] = WATCHED_QUEUES
+    redis: Redis,
+    pool: asyncpg.Pool,
+    screening_queues: Sequence[str] = (QUEUE,),
+    other_queues: Sequence[str] = (TRAINING_QUEUE,),
 ) -> QueueState:
-    """Read depths from Redis and the next screening's age from PostgreSQL.
+    """Read depths from Redis and, per screening queue, the next screening's age.
 
     A server that does not answer leaves its series out of this scrape rather
     than failing the whole /metrics response (the gateway's own series stay).
     """
     state = QueueState()
+    heads: dict[str, UUID] = {}
     try:
-        for queue in queues:
+        for queue in [*screening_queues, *other_queues]:
             state.depths[queue] = int(await redis.llen(queue))
-        head = await redis.lindex(QUEUE, -1)
+        for queue in screening_queues:
+            head = await redis.lindex(queue, -1)
+            if head is None:
+                state.oldest_age_s[queue] = 0.0
+            elif (screening_id := screening_id_of(head)) is not None:
+                heads[queue] = screening_id
     except (RedisError, OSError) as exc:
         logger.warning("queue metrics: Redis did not answer: %s", exc)
         return QueueState()
-    if head is None:
-        state.oldest_age_s[QUEUE] = 0.0
-        return state
-    screening_id = screening_id_of(head)
-    if screening_id is None:
+    if not heads:
         return state
     try:
         # Measured on the database's clock, the one that stamped created_at.
-        waited_s = await pool.fetchval(
-            "SELECT extract(epoch FROM now() - created_at) FROM screenings WHERE id = $1",
-            screening_id,
+        rows = await pool.fetch(
+            "SELECT id, extract(epoch FROM now() - created_at)::float8 AS waited_s"
+            " FROM screenings WHERE id = ANY($1::uuid[])",
+            list(heads.values()),
         )
     except (asyncpg.PostgresError, OSError) as exc:
         logger.warning("queue metrics: PostgreSQL did not answer: %s", exc)
         return state
-    if waited_s is not None:
-        state.oldest_age_s[QUEUE] = max(0.0, float(waited_s))
+    waited = {row["id"]: row["waited_s"] for row in rows}
+    for queue, screening_id in heads.items():
+        if screening_id in waited:
+            state.oldest_age_s[queue] = max(0.0, float(waited[screening_id]))
     return state
 
 

@@ -99,7 +99,17 @@ async def register(
     *,
     training_run_id: UUID | None = None,
 ) -> ModelVersion:
-    """Add a published version as a candidate; registering it again changes nothing."""
+    """Add a published version as a candidate; registering it again changes nothing.
+
+    A name's inputs are fixed: the gateway decides by them whether clinical
+    answers are required, so a version taking other inputs needs a name of its own.
+    """
+    known = await model_inputs(connection, card.name)
+    if known is not None and known != card.inputs:
+        raise RegistryError(
+            f"model {card.name} takes inputs {list(known)}; version {card.version} takes "
+            f"{list(card.inputs)}; a model with other inputs needs another name"
+        )
     row = await connection.fetchrow(
         "INSERT INTO model_versions (name, version, artifact_uri, sha256, card, training_run_id)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING"
@@ -121,6 +131,22 @@ async def register(
             )
         return existing
     return ModelVersion.from_row(row)
+
+
+async def model_inputs(
+    connection: asyncpg.Pool | asyncpg.Connection, name: str
+) -> tuple[str, ...] | None:
+    """The inputs every version of `name` takes, or None if no version is registered."""
+    # Cards written before the field existed were all fusion models.
+    inputs = await connection.fetchval(
+        "SELECT coalesce(card -> 'inputs', '[\"image\", \"clinical\"]')"
+        " FROM model_versions WHERE name = $1 LIMIT 1",
+        name,
+    )
+    if inputs is None:
+        return None
+    # Without the pool's jsonb codec (a bare connection), jsonb arrives as text.
+    return tuple(json.loads(inputs) if isinstance(inputs, str) else inputs)
 
 
 async def get_version(

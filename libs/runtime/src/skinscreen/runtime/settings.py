@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .queue import DEFAULT_MODEL_NAME
+
 
 class SharedSettings(BaseSettings):
     """The servers, folders and model both services use; each service's settings extend it.
@@ -25,7 +27,9 @@ class SharedSettings(BaseSettings):
         "folder, or an fsspec URI such as s3://bucket/models (skinscreen-runtime[s3]).",
     )
     MODEL_NAME: str = Field(
-        "skinscreen-fusion", description="The model whose active version serves."
+        DEFAULT_MODEL_NAME,
+        description="The model whose active version serves: an inference worker's model, "
+        "and the gateway's for screenings that name none.",
     )
     SHIPPED_MODELS: Path | None = Field(
         None,

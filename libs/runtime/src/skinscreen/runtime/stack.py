@@ -2,10 +2,11 @@
 
 Starts an embedded PostgreSQL and redis-server in a local data folder when
 DATABASE_URL / REDIS_URL are unset, runs the gateway's pre-start step
-(migrations, models shipped in ./models registered), then the inference
-worker, the trainer worker (when installed) and the gateway, and prints the
-URL. It runs the services as child processes, so it needs them installed but
-imports none of them.
+(migrations, models shipped in ./models registered), then an inference
+worker per served model (by default every model shipped in ./models), the
+trainer worker (when installed) and the gateway, and prints the URL. It runs
+the services as child processes, so it needs them installed but imports none
+of them.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
 
+from .artifacts import ArtifactStore
 from .embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from .queue import DEFAULT_MODEL_NAME
 
 # The packages the stack runs, and where each is installed from.
 SERVICES: Final = {
@@ -68,7 +71,9 @@ class Stack:
         environ: Mapping[str, str] | None = None,
         log: Path | None = None,
         with_trainer: bool = True,
+        models: Sequence[str] = (),
     ) -> None:
+        """`models`: those served, an inference worker each; none given: MODEL_NAME's."""
         self.url = f"http://{host}:{port}"
         self.host = host
         self.port = port
@@ -81,6 +86,7 @@ class Stack:
         if Path("models").is_dir():
             self.env.setdefault("SHIPPED_MODELS", "models")
         self.with_trainer = with_trainer and find_spec("skinscreen.trainer") is not None
+        self.models = list(models) or [self.env.get("MODEL_NAME", DEFAULT_MODEL_NAME)]
         self.data = data
         self._postgres = EmbeddedPostgres(data / "postgres")
         self._redis = EmbeddedRedis(data / "redis")
@@ -101,15 +107,17 @@ class Stack:
         subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
         # Own process groups: Ctrl-C reaches only the supervisor, which stops them in order.
         gateway = gateway_command(self.host, self.port, "--no-access-log")
-        workers = [("inference", WORKER_COMMAND)]
+        workers = [
+            (f"inference {model}", WORKER_COMMAND, {"MODEL_NAME": model}) for model in self.models
+        ]
         if self.with_trainer:
-            workers.append(("trainer", TRAINER_COMMAND))
+            workers.append(("trainer", TRAINER_COMMAND, {}))
         commands = []
-        for name, command in workers:
+        for name, command, env in workers:
             # One machine, several workers: each serves its /metrics on a port of its own.
             port = free_port()
             self.metrics[name] = f"http://{self.host}:{port}/metrics"
-            commands.append((command, {**self.env, "METRICS_PORT": str(port)}))
+            commands.append((command, {**self.env, **env, "METRICS_PORT": str(port)}))
         commands.append((gateway, self.env))
         self.metrics["gateway"] = f"{self.url}/metrics"
         for command, env in commands:
@@ -154,18 +162,30 @@ class Stack:
         self._postgres.stop()
 
 
+def served_models(shipped: Path) -> list[str]:
+    """Every model shipped in `shipped`, the default one first (it always is served)."""
+    names = {DEFAULT_MODEL_NAME, *ArtifactStore(shipped).names()}
+    return sorted(names, key=lambda name: (name != DEFAULT_MODEL_NAME, name))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("var"), help="embedded servers' folder")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--models",
+        help="comma-separated models to serve, an inference worker each "
+        "(default: every model shipped in ./models)",
+    )
     args = parser.parse_args(argv)
 
     # SIGTERM (docker stop, kill) stops the stack the way Ctrl-C does; SIGINT is set
     # explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    stack = Stack(args.data, args.host, args.port)
+    models = args.models.split(",") if args.models else served_models(Path("models"))
+    stack = Stack(args.data, args.host, args.port, models=models)
     try:
         stack.start()
         print(f"skinscreen is running at {stack.url} (Ctrl-C stops it)")

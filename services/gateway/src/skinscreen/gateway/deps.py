@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from skinscreen.runtime.blobs import BlobStore
 
 from .notifications import FinishedScreenings
+from .served_models import ServedModels
 from .settings import Settings
 
 
@@ -26,6 +27,7 @@ class Services:
     redis: Redis
     blobs: BlobStore
     finished: FinishedScreenings
+    models: ServedModels
 
 
 def get_services(request: Request) -> Services:

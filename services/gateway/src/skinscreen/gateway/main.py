@@ -22,6 +22,7 @@ from .metrics import MetricsMiddleware, record_rejection
 from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
 from .routes import diagnoses, health, models, screenings, training_runs
+from .served_models import ServedModels
 from .settings import Settings, get_settings
 
 # Room for the multipart framing and the clinical JSON around the image itself.
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis=redis,
         blobs=BlobStore(settings.BLOB_DIR),
         finished=finished,
+        models=ServedModels(pool),
     )
     try:
         yield

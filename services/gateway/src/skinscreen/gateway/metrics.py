@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from skinscreen.runtime.queue_metrics import QueueCollector, read_queue_state
+from skinscreen.runtime.queue_metrics import QueueCollector, read_queue_state, served_queues
 
 from .deps import ServicesDep
 from .routes.screenings import PREFIX as SCREENINGS
@@ -150,7 +150,8 @@ router = APIRouter(tags=["monitoring"])
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format: this gateway's series and the Celery queues'."""
-    state = await read_queue_state(services.redis, services.pool)
+    queues = await served_queues(services.pool)
+    state = await read_queue_state(services.redis, services.pool, queues)
     # Reading every worker's files is blocking I/O; keep it off the event loop.
     body = await run_in_threadpool(_exposition, QueueCollector(state))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

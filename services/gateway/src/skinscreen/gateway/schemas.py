@@ -42,7 +42,10 @@ class ScreeningResult(BaseModel):
 class Screening(BaseModel):
     id: UUID
     status: ScreeningStatus
-    clinical: ClinicalInput
+    model: str = Field(description="The model it was sent to, e.g. skinscreen-fusion.")
+    clinical: ClinicalInput | None = Field(
+        description="The clinical answers; null when sent to an image-only model without them."
+    )
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = Field(description="When it reached done or failed.")

@@ -8,15 +8,16 @@ import logging
 from typing import Any
 
 import asyncpg
+import numpy as np
 from celery import Task
 from celery.signals import worker_init, worker_shutdown
 from PIL import Image
 from pillow_heif import register_heif_opener
 
-from skinscreen.core.clinical import encode
+from skinscreen.core.clinical import N_CLINICAL, encode
 from skinscreen.core.imaging import preprocess
 from skinscreen.runtime.blobs import BlobStore
-from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask, make_celery
+from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, make_celery, queue_for
 
 from . import metrics
 from .active_model import ActiveModel
@@ -29,7 +30,14 @@ register_heif_opener()
 logger = logging.getLogger(__name__)
 
 settings = get_settings()
-app = make_celery("skinscreen-inference", settings.REDIS_URL, settings.CELERY_VISIBILITY_TIMEOUT_S)
+app = make_celery(
+    "skinscreen-inference",
+    settings.REDIS_URL,
+    settings.CELERY_VISIBILITY_TIMEOUT_S,
+    models=[settings.MODEL_NAME],
+)
+# An image-only model is never fed the clinical vector; the batch still stacks one per task.
+UNUSED_CLINICAL: np.ndarray = np.zeros(N_CLINICAL, dtype=np.float32)
 
 # Worth another try: the database, the blob store or the runtime may be back soon.
 TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
@@ -88,6 +96,21 @@ def _decode(data: bytes, size: int) -> Any:
         raise PermanentError(f"the stored photo cannot be decoded: {exc}") from exc
 
 
+def _clinical_vector(task: ScreeningTask) -> np.ndarray:
+    """The 22 values the model takes, or PermanentError if the task cannot be scored here."""
+    model = runtime.batcher.model if runtime.batcher is not None else None
+    if task.model_name != settings.MODEL_NAME:
+        raise PermanentError(
+            f"sent to model {task.model_name}, but it reached a worker serving "
+            f"{settings.MODEL_NAME} (queue {queue_for(settings.MODEL_NAME)})"
+        )
+    if task.clinical is None:
+        if model is not None and "clinical" in model.inputs:
+            raise PermanentError(f"no clinical answers, and model {model.name} takes them")
+        return UNUSED_CLINICAL
+    return encode(task.clinical)
+
+
 def _backoff_s(retries: int) -> float:
     return min(settings.RETRY_BACKOFF_MAX_S, settings.RETRY_BACKOFF_S * 2**retries)
 
@@ -98,12 +121,13 @@ def screen(self: Task, message: dict[str, Any]) -> str:
     task = ScreeningTask.model_validate(message)
     assert runtime.batcher is not None, "worker_init did not run"
     try:
+        clinical = _clinical_vector(task)
         data = runtime.blobs.read(task.image_key)
         image = _decode(data, runtime.batcher.model.input_size)
         outcome = runtime.batcher.submit(
             task.screening_id,
             image,
-            encode(task.clinical),
+            clinical,
             functools.partial(_decode, data),
             settings.RESULT_TIMEOUT_S,
         )
@@ -123,12 +147,12 @@ def screen(self: Task, message: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    """Start a worker on the screenings queue with enough threads to fill a batch."""
+    """Start a worker on its model's queue with enough threads to fill a batch."""
     app.worker_main(
         [
             "worker",
             "--queues",
-            QUEUE,
+            queue_for(settings.MODEL_NAME),
             "--pool",
             "threads",
             "--concurrency",

@@ -86,10 +86,10 @@ class DermoscopyConfig(BaseModel):
         150, description="Input side S of the paper's network (150 in the paper)."
     )
     epochs: Annotated[int, Field(ge=1)] = Field(
-        8, description="Class-balanced epochs of each network on the 60/20/20 split."
+        30, description="Class-balanced epochs of each network on the 60/20/20 split."
     )
     cv_epochs: Annotated[int, Field(ge=1)] = Field(
-        2, description="Class-balanced epochs of the 3-block network in each fold of the CV."
+        10, description="Class-balanced epochs of the 3-block network in each fold of the CV."
     )
     batch_size: Annotated[int, Field(ge=2)] = 32
     learning_rate: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="Adam's rate.")

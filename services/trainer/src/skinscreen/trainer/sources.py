@@ -37,6 +37,10 @@ async def confirmed_screenings(
             # OTHER: whether it is a cancer is not recorded, so it cannot be a label.
             left_out["diagnosis OTHER"] += 1
             continue
+        if row["clinical"] is None:
+            # Sent to an image-only model without answers: the fusion model cannot learn from it.
+            left_out["no clinical answers"] += 1
+            continue
         path = blobs.path(row["image_key"])
         if not path.is_file():
             left_out["photo missing from the blob store"] += 1

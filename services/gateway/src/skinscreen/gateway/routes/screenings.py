@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from skinscreen.core.clinical import ClinicalInput
-from skinscreen.runtime.queue import QUEUE, TASK_NAME, ScreeningTask
+from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, declare_model_queue
 
 from ..deps import ServicesDep
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
@@ -35,13 +35,14 @@ from ..schemas import (
     ScreeningStatus,
     ValidationProblem,
 )
+from ..served_models import ServedModel, UnknownModelError
 
 logger = logging.getLogger(__name__)
 
 PREFIX: Final = "/v1/screenings"
-FORM_FIELDS: Final = frozenset({"image", "clinical"})
+FORM_FIELDS: Final = frozenset({"image", "clinical", "model"})
 COLUMNS: Final = (
-    "id, status, clinical, created_at, updated_at, completed_at, cancer_probability,"
+    "id, status, model_name, clinical, created_at, updated_at, completed_at, cancer_probability,"
     " suspicious, threshold, model_version, failure_reason"
 )
 
@@ -64,7 +65,8 @@ def _screening(row: asyncpg.Record) -> Screening:
     return Screening(
         id=row["id"],
         status=row["status"],
-        clinical=ClinicalInput.model_validate(row["clinical"]),
+        model=row["model_name"],
+        clinical=None if row["clinical"] is None else ClinicalInput.model_validate(row["clinical"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
@@ -103,15 +105,25 @@ async def create_screening(
         File(description=f"The lesion photo: {ALLOWED_DESCRIPTION}; EXIF orientation is applied."),
     ],
     clinical: Annotated[
-        str,
+        str | None,
         Form(
-            description=f"The clinical answers: {OBJECT_DESCRIPTION}.",
+            description=f"The clinical answers: {OBJECT_DESCRIPTION}. Required by models that "
+            "take them (the default); optional for an image-only model.",
             examples=[
                 '{"age": 62, "region": "FACE", "itch": true, "grew": null, "hurt": false,'
                 ' "changed": false, "bleed": true, "elevation": true}'
             ],
         ),
-    ],
+    ] = None,
+    # Declared for the OpenAPI schema; read from the form itself (see below).
+    model: Annotated[
+        str | None,
+        Form(
+            description="The model to screen with: a name with an active version, e.g. "
+            "skinscreen-dermoscopy (image only); default: the service's MODEL_NAME.",
+            examples=["skinscreen-fusion"],
+        ),
+    ] = None,
 ) -> ScreeningAccepted:
     settings = services.settings
     form = await request.form()
@@ -121,17 +133,22 @@ async def create_screening(
             [
                 FieldError(
                     loc=["body", name],
-                    msg=f"unknown form part {name!r}; allowed parts: image, clinical",
+                    msg=f"unknown form part {name!r}; allowed parts: image, clinical, model",
                     type="extra_forbidden",
                 )
                 for name in unknown
             ]
         )
-    try:
-        # Strict: "yes" or 1 is not a symptom answer; only true, false or null are.
-        clinical_input = ClinicalInput.model_validate_json(clinical, strict=True)
-    except ValidationError as exc:
-        raise _unprocessable(clinical_errors(exc)) from exc
+    clinical_input = None
+    if clinical is not None:
+        try:
+            # Strict: "yes" or 1 is not a symptom answer; only true, false or null are.
+            clinical_input = ClinicalInput.model_validate_json(clinical, strict=True)
+        except ValidationError as exc:
+            raise _unprocessable(clinical_errors(exc)) from exc
+    # From the form itself: FastAPI reads an empty part as absent, but `model=` names no model.
+    name = str(form["model"]) if "model" in form else settings.MODEL_NAME
+    served = await _served_model(services, name, clinical_input)
 
     data = await image.read()
     if len(data) > settings.MAX_UPLOAD_BYTES:
@@ -148,10 +165,11 @@ async def create_screening(
     await run_in_threadpool(services.blobs.put, key, data)
     try:
         await services.pool.execute(
-            "INSERT INTO screenings (id, clinical, image_key, image_format, image_bytes,"
-            " image_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO screenings (id, model_name, clinical, image_key, image_format,"
+            " image_bytes, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             screening_id,
-            clinical_input.model_dump(mode="json"),
+            served.name,
+            None if clinical_input is None else clinical_input.model_dump(mode="json"),
             key,
             checked.format,
             len(data),
@@ -160,13 +178,15 @@ async def create_screening(
     except BaseException:
         services.blobs.delete(key)
         raise
-    task = ScreeningTask(screening_id=screening_id, image_key=key, clinical=clinical_input)
+    task = ScreeningTask(
+        screening_id=screening_id, image_key=key, clinical=clinical_input, model_name=served.name
+    )
     try:
         await run_in_threadpool(
             services.celery.send_task,
             TASK_NAME,
             args=[task.model_dump(mode="json")],
-            queue=QUEUE,
+            queue=declare_model_queue(services.celery, served.name),
         )
     except Exception as exc:
         # Not queued means not accepted: leave nothing behind that no worker will ever finish.
@@ -178,6 +198,31 @@ async def create_screening(
     links = _link(screening_id)
     response.headers["Location"] = links.self
     return ScreeningAccepted(id=screening_id, status=ScreeningStatus.QUEUED, links=links)
+
+
+async def _served_model(
+    services: ServicesDep, name: str, clinical: ClinicalInput | None
+) -> ServedModel:
+    """The model a screening goes to, once it is known to be served and given what it needs."""
+    try:
+        served = await services.models.get(name)
+    except UnknownModelError as exc:
+        raise _unprocessable(
+            [FieldError(loc=["body", "model"], msg=str(exc), type="unknown_model")]
+        ) from exc
+    if clinical is None and served.takes_clinical:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["body", "clinical"],
+                    msg=f"required: model {served.name} takes the clinical answers "
+                    f"({OBJECT_DESCRIPTION}); only an image-only model, such as "
+                    "skinscreen-dermoscopy, screens a photo alone",
+                    type="missing",
+                )
+            ]
+        )
+    return served
 
 
 @router.get(

@@ -1,0 +1,8 @@
+-- Several served models: each screening names the model it was sent to, and a model
+-- without clinical input (skinscreen-dermoscopy) may be sent a photo alone.
+
+-- Every earlier screening went to the only model there was; the default also keeps
+-- gateways of the previous release working during a rolling upgrade.
+ALTER TABLE screenings ADD COLUMN model_name text NOT NULL DEFAULT 'skinscreen-fusion';
+
+ALTER TABLE screenings ALTER COLUMN clinical DROP NOT NULL;
