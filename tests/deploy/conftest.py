@@ -7,23 +7,21 @@ database on them and a Redis database of its own, so queues never mix.
 
 from __future__ import annotations
 
-import io
+import functools
 import itertools
-import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from skinscreen.core.pad_ufes import Sample, load_pad_ufes
 from skinscreen.runtime.embedded import free_port
 from skinscreen.runtime.stack import PRESTART_COMMAND, gateway_command
-from tests.conftest import DESIGN_EXAMPLE
+from tests.conftest import PAD_UFES
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
     MODEL_NAME,
     Process,
@@ -36,19 +34,23 @@ from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
 _stacks = itertools.count(1)
 
 
-def photo(seed: int) -> bytes:
-    """A JPEG the gateway accepts and the model scores (any photo will do for plumbing)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+@functools.cache
+def _real_photos() -> list[Sample]:
+    return load_pad_ufes(PAD_UFES).samples
 
 
-def submit(client: httpx.Client, seed: int) -> httpx.Response:
+def photo(index: int) -> bytes:
+    """The index-th real PAD-UFES-20 phone photo (`deploy_env` skips when the data is absent)."""
+    return _real_photos()[index].image_path.read_bytes()
+
+
+def submit(client: httpx.Client, index: int) -> httpx.Response:
+    """POST the index-th real photo with its own clinical answers, as a phone app would."""
+    sample = _real_photos()[index]
     return client.post(
         "/v1/screenings",
-        files={"image": (f"lesion-{seed}.jpg", photo(seed), "image/jpeg")},
-        data={"clinical": json.dumps(DESIGN_EXAMPLE)},
+        files={"image": (sample.image_path.name, photo(index), "image/jpeg")},
+        data={"clinical": sample.clinical.model_dump_json()},
     )
 
 
@@ -56,6 +58,7 @@ def submit(client: httpx.Client, seed: int) -> httpx.Response:
 def deploy_env(
     servers: Servers,  # noqa: F811  (the imported fixture)
     model_store: Path,  # noqa: F811
+    pad_ufes_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment a module's services run with, migrated by the pre-start step."""
