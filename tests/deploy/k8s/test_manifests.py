@@ -9,7 +9,7 @@ import pytest
 
 from skinscreen.gateway.settings import Settings as GatewaySettings
 from skinscreen.inference.settings import Settings as InferenceSettings
-from skinscreen.runtime.queue import QUEUE
+from skinscreen.runtime.queue import DEFAULT_MODEL_NAME, QUEUE, queue_for
 from skinscreen.runtime.settings import SharedSettings
 from skinscreen.runtime.stack import (
     PRESTART_COMMAND,
@@ -19,10 +19,17 @@ from skinscreen.runtime.stack import (
 )
 from skinscreen.runtime.training_runs import TrainingRequest
 from skinscreen.trainer.settings import Settings as TrainerSettings
+from tests.conftest import REPO
 
 from .conftest import K8S, OVERLAYS, Overlay
 
 SERVICES = ("gateway", "inference", "trainer")
+DERMOSCOPY = "skinscreen-dermoscopy"
+# Every served model's inference worker (one model each, MODEL_NAME), in every overlay.
+INFERENCE_OF = {
+    DEFAULT_MODEL_NAME: "skinscreen-inference",
+    DERMOSCOPY: "skinscreen-inference-dermoscopy",
+}
 # Pods start the services as `make run` does (skinscreen.runtime.stack), with the image's python.
 PYTHON = "python"
 # Read by the process or a library, not by a settings class.
@@ -31,9 +38,11 @@ SETTINGS_OF = {
     "skinscreen-shared": SharedSettings,
     "skinscreen-gateway": GatewaySettings,
     "skinscreen-inference": InferenceSettings,
+    "skinscreen-inference-dermoscopy": InferenceSettings,
     "skinscreen-trainer": TrainerSettings,
 }
 GPU = "nvidia.com/gpu"
+QUANTITY_SUFFIXES = {"m": 0.001, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,6 +75,32 @@ def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
     return labels
+
+
+def _environment(overlay: Overlay, container: dict[str, Any]) -> dict[str, str | None]:
+    """A container's variables: envFrom in order, then env over them (from a Secret: None)."""
+    variables: dict[str, str | None] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        (config,) = [c for c in overlay.of_kind("ConfigMap") if c["metadata"]["name"] == name]
+        variables.update(config["data"])
+    for variable in container.get("env", []):
+        variables[variable["name"]] = variable.get("value")
+    return variables
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes resource quantity ("250m", "2", "768Mi") as a number."""
+    text = str(value)
+    for suffix, factor in QUANTITY_SUFFIXES.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+def _image_tag(container: dict[str, Any]) -> tuple[str, str]:
+    name, tag = container["image"].rsplit(":", 1)
+    return name, tag
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -140,23 +175,34 @@ def test_gateway_probes_scaling_and_migrations(overlay: str, rendered: dict[str,
     assert _matches({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
 
 
+@pytest.mark.parametrize("model", INFERENCE_OF)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_inference_scales_on_the_screenings_list(
-    overlay: str, rendered: dict[str, Overlay]
+def test_each_model_has_a_worker_scaled_on_its_own_queue(
+    overlay: str, model: str, rendered: dict[str, Overlay]
 ) -> None:
     objects = rendered[overlay]
-    deployment = objects.get("Deployment", "skinscreen-inference")
+    name = INFERENCE_OF[model]
+    # A model the gateway registers from the shipped models/ (its pre-start step).
+    assert (REPO / "models" / model).is_dir(), f"{model} is not a shipped model"
+    deployment = objects.get("Deployment", name)
     assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
     (worker,) = deployment["spec"]["template"]["spec"]["containers"]
     assert worker["command"] == [PYTHON, *WORKER_COMMAND[1:]]
-    scaled = objects.get("ScaledObject", "skinscreen-inference")["spec"]
-    assert scaled["scaleTargetRef"]["name"] == "skinscreen-inference"
+    # The worker serves the model MODEL_NAME names, and consumes queue_for(MODEL_NAME).
+    assert _environment(objects, worker)["MODEL_NAME"] == model
+    scaled = objects.get("ScaledObject", name)["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
     assert scaled["cooldownPeriod"] > 0
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == QUEUE
+    # Kombu keeps each queue as a Redis list of the same name.
+    assert trigger["metadata"]["listName"] == queue_for(model)
+    assert (trigger["metadata"]["listName"] == QUEUE) == (model == DEFAULT_MODEL_NAME)
     assert int(trigger["metadata"]["listLength"]) > 0
+    # One Redis, one set of credentials: every model's trigger uses the default's.
+    default = objects.get("ScaledObject", INFERENCE_OF[DEFAULT_MODEL_NAME])["spec"]
+    assert trigger["authenticationRef"] == default["triggers"][0]["authenticationRef"]
     auth = objects.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
     parameters = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
     assert set(parameters) == {"address", "password"}
@@ -164,6 +210,22 @@ def test_inference_scales_on_the_screenings_list(
     # A task waits at most RESULT_TIMEOUT_S for its batch; warm shutdown must outlast that.
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > InferenceSettings.model_fields["RESULT_TIMEOUT_S"].default
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_queue_is_scaled_once(overlay: str, rendered: dict[str, Overlay]) -> None:
+    """No ScaledObject without a served model, no two on one queue, no worker left unscaled."""
+    objects = rendered[overlay]
+    scaled = objects.of_kind("ScaledObject")
+    lists = sorted(item["spec"]["triggers"][0]["metadata"]["listName"] for item in scaled)
+    assert lists == sorted(queue_for(model) for model in INFERENCE_OF)
+    targets = {item["spec"]["scaleTargetRef"]["name"] for item in scaled}
+    workers = {
+        item["metadata"]["name"]
+        for item in objects.of_kind("Deployment")
+        if _pod_labels(item)["app.kubernetes.io/component"] == "inference"
+    }
+    assert targets == workers == set(INFERENCE_OF.values())
 
 
 @pytest.mark.parametrize(("overlay", "gpu"), [("dev", False), ("gpu", True), ("prod", True)])
@@ -181,6 +243,73 @@ def test_inference_runs_on_a_gpu_where_the_overlay_says(
     else:
         assert image.endswith("/inference")
         assert GPU not in json.dumps(pod)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dermoscopy_worker_runs_on_cpu_everywhere(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    """A 4.9 MB CNN: the CPU image on any node, even where skinscreen-inference has GPUs."""
+    objects = rendered[overlay]
+    pod = objects.get("Deployment", INFERENCE_OF[DERMOSCOPY])["spec"]["template"]["spec"]
+    assert GPU not in json.dumps(pod)
+    assert "nodeSelector" not in pod
+    assert "tolerations" not in pod
+    assert "affinity" not in pod
+    (worker,) = pod["containers"]
+    image, tag = _image_tag(worker)
+    assert image.endswith("/inference"), image
+    # Both inference images come from one release.
+    default = objects.get("Deployment", INFERENCE_OF[DEFAULT_MODEL_NAME])
+    assert tag == _image_tag(default["spec"]["template"]["spec"]["containers"][0])[1]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_dermoscopy_worker_is_hardened_like_the_default_one(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    pods = {
+        model: objects.get("Deployment", name)["spec"]["template"]["spec"]
+        for model, name in INFERENCE_OF.items()
+    }
+    default, dermoscopy = pods[DEFAULT_MODEL_NAME], pods[DERMOSCOPY]
+    for key in (
+        "securityContext",
+        "serviceAccountName",
+        "automountServiceAccountToken",
+        "terminationGracePeriodSeconds",
+        "volumes",
+    ):
+        assert dermoscopy[key] == default[key], key
+    (theirs,) = default["containers"]
+    (ours,) = dermoscopy["containers"]
+    for key in (
+        "securityContext",
+        "command",
+        "imagePullPolicy",
+        "ports",
+        "startupProbe",
+        "livenessProbe",
+        "readinessProbe",
+        "volumeMounts",
+    ):
+        assert ours[key] == theirs[key], key
+    # The same Secrets; the same shared settings, with its own worker settings after them.
+    assert [v for v in ours["env"] if "valueFrom" in v] == theirs["env"]
+    assert ours["envFrom"][0] == theirs["envFrom"][0]
+    environment = _environment(objects, ours)
+    assert {"DATABASE_URL", "REDIS_URL", "METRICS_PORT", "MAX_BATCH_SIZE"} <= set(environment)
+    assert int(str(environment["METRICS_PORT"])) == ours["ports"][0]["containerPort"]
+    # Its worker settings hold together (CONCURRENCY >= MAX_BATCH_SIZE, ...); Secrets stand in.
+    InferenceSettings.model_validate({k: v or "from-a-secret" for k, v in environment.items()})
+    resources = ours["resources"]
+    for resource in ("cpu", "memory", "ephemeral-storage"):
+        request, limit = resources["requests"][resource], resources["limits"][resource]
+        assert 0 < _quantity(request) <= _quantity(limit), resource
+    # A task waits at most RESULT_TIMEOUT_S for its batch; warm shutdown must outlast that.
+    grace = dermoscopy["terminationGracePeriodSeconds"]
+    assert grace > InferenceSettings.model_fields["RESULT_TIMEOUT_S"].default
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -219,7 +348,7 @@ def test_models_come_from_the_artifact_store(overlay: str, rendered: dict[str, O
     objects = rendered[overlay]
     store = _config_map(objects, "skinscreen-shared")["data"]["MODEL_STORE"]
     writable = {}
-    for service in SERVICES:
+    for service in (*SERVICES, "inference-dermoscopy"):
         pod = objects.get("Deployment", f"skinscreen-{service}")["spec"]["template"]["spec"]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == store]
@@ -227,7 +356,12 @@ def test_models_come_from_the_artifact_store(overlay: str, rendered: dict[str, O
         assert claim == "skinscreen-models", service
         writable[service] = not mount.get("readOnly", False)
     # Only the trainer publishes.
-    assert writable == {"gateway": False, "inference": False, "trainer": True}
+    assert writable == {
+        "gateway": False,
+        "inference": False,
+        "inference-dermoscopy": False,
+        "trainer": True,
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -290,6 +424,47 @@ def test_only_the_gateway_is_reachable_from_outside(
         assert bool(open_to_all) == is_gateway, workload["metadata"]["name"]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_inference_worker_is_scraped_and_reaches_its_servers(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    """Policies select pods by label: a worker with other labels would be cut off, unseen."""
+    objects = rendered[overlay]
+    policies = objects.of_kind("NetworkPolicy")
+    for name in INFERENCE_OF.values():
+        deployment = objects.get("Deployment", name)
+        labels = _pod_labels(deployment)
+        assert labels["app.kubernetes.io/component"] == "inference"
+        rules = [
+            rule
+            for policy in policies
+            if policy["spec"]["podSelector"] != {}
+            and _matches(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("ingress", [])
+        ]
+        # Prometheus, from the monitoring namespace, on the port the ServiceMonitor scrapes.
+        monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        assert any(
+            {"namespaceSelector": monitoring} in rule.get("from", [])
+            and {"port": "metrics", "protocol": "TCP"} in rule.get("ports", [])
+            for rule in rules
+        ), name
+        (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "metrics" in {port["name"] for port in worker["ports"]}
+        # PostgreSQL and Redis in the cluster (dev, gpu) take it.
+        for server in objects.of_kind("StatefulSet"):
+            (policy,) = [
+                p
+                for p in policies
+                if p["spec"]["podSelector"] != {}
+                and _matches(p["spec"]["podSelector"], _pod_labels(server))
+            ]
+            peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+            assert any(
+                _matches(peer["podSelector"], labels) for peer in peers if "podSelector" in peer
+            ), f"{server['metadata']['name']} refuses {name}"
+
+
 @pytest.mark.parametrize("overlay", ["dev", "gpu"])
 def test_in_cluster_servers_only_take_the_services(
     overlay: str, rendered: dict[str, Overlay]
@@ -320,17 +495,16 @@ def test_in_cluster_servers_only_take_the_services(
 
 
 def test_overlays_scale_as_they_say(rendered: dict[str, Overlay]) -> None:
-    def counts(name: str) -> tuple[int, int, int, int]:
+    def counts(name: str) -> tuple[int, ...]:
         hpa = rendered[name].get("HorizontalPodAutoscaler", "skinscreen-gateway")["spec"]
-        scaled = rendered[name].get("ScaledObject", "skinscreen-inference")["spec"]
-        return (
-            hpa["minReplicas"],
-            hpa["maxReplicas"],
-            scaled["minReplicaCount"],
-            scaled["maxReplicaCount"],
-        )
+        found = [hpa["minReplicas"], hpa["maxReplicas"]]
+        for worker in INFERENCE_OF.values():
+            scaled = rendered[name].get("ScaledObject", worker)["spec"]
+            found += [scaled["minReplicaCount"], scaled["maxReplicaCount"]]
+        return tuple(found)
 
-    assert counts("dev") == (1, 1, 1, 1)
+    # One replica of everything, every model's worker included.
+    assert counts("dev") == (1, 1, 1, 1, 1, 1)
     assert all(p > g for p, g in zip(counts("prod"), counts("gpu"), strict=True))
     assert not rendered["prod"].of_kind("StatefulSet"), "prod uses managed PostgreSQL and Redis"
     assert {s["metadata"]["name"] for s in rendered["dev"].of_kind("StatefulSet")} == {
@@ -344,7 +518,7 @@ def test_disruption_budgets_cover_the_replicated_services(
     overlay: str, rendered: dict[str, Overlay]
 ) -> None:
     objects = rendered[overlay]
-    for service in ("gateway", "inference"):
+    for service in ("gateway", "inference", "inference-dermoscopy"):
         budget = objects.get("PodDisruptionBudget", f"skinscreen-{service}")["spec"]
         deployment = objects.get("Deployment", f"skinscreen-{service}")
         assert _matches(budget["selector"], _pod_labels(deployment))
@@ -355,7 +529,7 @@ def test_disruption_budgets_cover_the_replicated_services(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitors_reach_every_service(overlay: str, rendered: dict[str, Overlay]) -> None:
     objects = rendered[overlay]
-    for service in SERVICES:
+    for service in (*SERVICES, "inference-dermoscopy"):
         monitor = objects.get("ServiceMonitor", f"skinscreen-{service}")["spec"]
         (target,) = [
             s
