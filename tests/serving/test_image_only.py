@@ -124,6 +124,27 @@ def test_the_fusion_model_still_reads_the_clinical_answers(
     )
 
 
+def test_screenings_are_listed_by_model(gateway: str, image_only_worker: Process, database) -> None:
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        sent = database.value("SELECT count(*) FROM screenings WHERE model_name = $1", IMAGE_ONLY)
+        assert sent >= N_PHOTOS  # from the first test
+        pages, cursor = [], None
+        while True:
+            params: dict[str, str | int] = {"model": IMAGE_ONLY, "limit": 4}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = client.get("/v1/screenings", params=params).json()
+            pages.append(page["items"])
+            if (cursor := page["next_cursor"]) is None:
+                break
+        listed = [item for items in pages for item in items]
+        assert len(listed) == sent
+        assert {item["model"] for item in listed} == {IMAGE_ONLY}
+        assert len(pages) > 1  # the cursor and the filter together
+        unknown = client.get("/v1/screenings", params={"model": "no-such-model"}).json()
+        assert unknown == {"items": [], "next_cursor": None}
+
+
 def _snapshot(database, blob_dir: Path, idle_redis) -> tuple[int, int, int]:
     rows = database.value("SELECT count(*) FROM screenings")
     blobs = sum(1 for path in blob_dir.rglob("*") if path.is_file())

@@ -6,3 +6,6 @@
 ALTER TABLE screenings ADD COLUMN model_name text NOT NULL DEFAULT 'skinscreen-fusion';
 
 ALTER TABLE screenings ALTER COLUMN clinical DROP NOT NULL;
+
+-- GET /v1/screenings?model=<name>, newest first, a page at a time.
+CREATE INDEX screenings_model_created_at_id ON screenings (model_name, created_at DESC, id DESC);

@@ -299,12 +299,19 @@ async def list_screenings(
     cursor: Annotated[
         str | None, Query(description="next_cursor of the previous page; omit for the first.")
     ] = None,
+    model: Annotated[
+        str | None, Query(description="Only the screenings sent to this model.")
+    ] = None,
 ) -> ScreeningPage:
     arguments: list[Any] = [limit + 1]
-    where = ""
+    conditions = []
     if cursor is not None:
         arguments.extend(_decode_cursor(cursor))
-        where = "WHERE (created_at, id) < ($2, $3)"
+        conditions.append("(created_at, id) < ($2, $3)")
+    if model is not None:
+        arguments.append(model)
+        conditions.append(f"model_name = ${len(arguments)}")
+    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
     rows = await services.pool.fetch(
         f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
         *arguments,
