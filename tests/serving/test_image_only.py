@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from celery import Celery
 
 from skinscreen.core.card import latest_version, verified_model
 from skinscreen.core.ham10000 import load_ham10000
@@ -143,6 +145,48 @@ def test_screenings_are_listed_by_model(gateway: str, image_only_worker: Process
         assert len(pages) > 1  # the cursor and the filter together
         unknown = client.get("/v1/screenings", params={"model": "no-such-model"}).json()
         assert unknown == {"items": [], "next_cursor": None}
+
+
+def _enqueue_directly(stack_env: dict[str, str], database, queue: str, model_name: str) -> str:
+    """A photo-only screening queued by hand, the way no gateway would send it."""
+    screening_id = str(uuid.uuid4())
+    database.fetch(
+        "INSERT INTO screenings (id, model_name, image_key, image_format, image_bytes,"
+        " image_sha256) VALUES ($1::uuid, $2, 'no/photo.jpg', 'JPEG', 0, '')",
+        screening_id,
+        model_name,
+    )
+    celery = Celery(broker=stack_env["REDIS_URL"])
+    message = {"screening_id": screening_id, "image_key": "no/photo.jpg", "clinical": None,
+               "model_name": model_name}  # fmt: skip
+    celery.send_task("skinscreen.screen", args=[message], queue=queue)
+    celery.close()
+    return screening_id
+
+
+def test_a_worker_refuses_what_its_model_cannot_score(
+    gateway: str, image_only_worker: Process, stack_env: dict[str, str], database
+) -> None:
+    """Misrouted, or without the clinical answers its model reads: failed at once, with why."""
+    misrouted = _enqueue_directly(
+        stack_env, database, queue_for(IMAGE_ONLY), model_name="skinscreen-fusion"
+    )
+    no_answers = _enqueue_directly(
+        stack_env, database, queue_for("skinscreen-fusion"), model_name="skinscreen-fusion"
+    )
+    with httpx.Client(base_url=gateway, timeout=60) as client:
+        results = [
+            client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
+            for screening_id in (misrouted, no_answers)
+        ]
+    assert [result["status"] for result in results] == ["failed", "failed"], results
+    assert results[0]["failure_reason"] == (
+        "sent to model skinscreen-fusion, but it reached a worker serving "
+        "skinscreen-dermoscopy (queue screenings.skinscreen-dermoscopy)"
+    )
+    assert results[1]["failure_reason"] == (
+        "no clinical answers, and model skinscreen-fusion takes them"
+    )
 
 
 def _snapshot(database, blob_dir: Path, idle_redis) -> tuple[int, int, int]:
