@@ -370,13 +370,18 @@ def test_config_and_secret_references_resolve(overlay: str, rendered: dict[str, 
     config_maps = {item["metadata"]["name"]: item for item in objects.of_kind("ConfigMap")}
     secrets = {item["metadata"]["name"] for item in objects.of_kind("Secret")}
     referenced_secrets = set()
+    optional_secrets = set()
     for where, pod in objects.pod_specs():
         for container in _containers(pod):
             for source in container.get("envFrom", []):
                 assert source["configMapRef"]["name"] in config_maps, where
             for variable in container.get("env", []):
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and ref.get("optional"):
+                    optional_secrets.add(ref["name"])
+                    # Read by the gateway's settings, under the name the Secret's key has.
+                    assert ref["key"] == variable["name"] in GatewaySettings.model_fields, where
+                elif ref:
                     referenced_secrets.add(ref["name"])
         for volume in pod.get("volumes", []):
             if "configMap" in volume:
@@ -384,6 +389,8 @@ def test_config_and_secret_references_resolve(overlay: str, rendered: dict[str, 
             if "secret" in volume:
                 referenced_secrets.add(volume["secret"]["secretName"])
     assert referenced_secrets == {"skinscreen-database", "skinscreen-redis"}
+    # The operator token: without it the operator endpoints are open, which the gateway logs.
+    assert optional_secrets == {"skinscreen-operator"}
     # prod reads Secrets its operators create; the others generate theirs.
     assert secrets == (set() if overlay == "prod" else referenced_secrets)
 

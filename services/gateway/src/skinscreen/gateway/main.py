@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -25,6 +26,8 @@ from .routes import diagnoses, health, models, screenings, training_runs
 from .served_models import ServedModels
 from .settings import Settings, get_settings
 
+logger = logging.getLogger(__name__)
+
 # Room for the multipart framing and the clinical JSON around the image itself.
 FORM_OVERHEAD_BYTES: Final = 64 * 1024
 
@@ -32,6 +35,11 @@ FORM_OVERHEAD_BYTES: Final = 64 * 1024
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if settings.OPERATOR_TOKEN is None:
+        logger.warning(
+            "OPERATOR_TOKEN is unset: promote, rollback, training runs and diagnoses are open "
+            "to anyone who reaches this gateway"
+        )
     pool = await create_pool(settings.DATABASE_URL, max_size=settings.DB_POOL_SIZE)
     finished = FinishedScreenings()
     await finished.start(settings.DATABASE_URL)

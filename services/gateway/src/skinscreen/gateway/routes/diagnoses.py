@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, Response
 
 from ..deps import ServicesDep
+from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import DiagnosisIn, DiagnosisOut, Problem
 from .screenings import PREFIX
 
@@ -17,6 +18,7 @@ COLUMNS = "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updat
 
 @router.post(
     "/{screening_id}/diagnosis",
+    dependencies=OPERATOR_ONLY,
     status_code=201,
     response_model=DiagnosisOut,
     summary="Record how a screened lesion was confirmed; the trainer can learn from it",
@@ -24,6 +26,7 @@ COLUMNS = "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updat
         200: {"model": DiagnosisOut, "description": "Replaced the diagnosis recorded before."},
         201: {"description": "Recorded."},
         404: {"model": Problem, "description": "No screening with this id."},
+        **OPERATOR_ERRORS,
     },
 )
 async def record_diagnosis(

@@ -11,6 +11,7 @@ from skinscreen.runtime import registry
 from skinscreen.runtime.artifacts import ArtifactNotFoundError
 
 from ..deps import ServicesDep
+from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
     Activation,
     ActivationList,
@@ -25,6 +26,7 @@ PREFIX: Final = "/v1/models"
 router = APIRouter(prefix=PREFIX, tags=["models"])
 
 SWITCH_ERRORS: Final[dict[int | str, dict[str, object]]] = {
+    **OPERATOR_ERRORS,
     404: {"model": Problem, "description": "No such model or version."},
     409: {
         "model": Problem,
@@ -105,6 +107,7 @@ async def _announce(services: ServicesDep, version: registry.ModelVersion) -> No
 
 @router.post(
     "/{name}/versions/{version}/promote",
+    dependencies=OPERATOR_ONLY,
     response_model=ModelVersionOut,
     summary="Make a version the active one, after checking its artifact's sha256",
     responses=SWITCH_ERRORS,
@@ -126,6 +129,7 @@ async def promote(
 
 @router.post(
     "/{name}/rollback",
+    dependencies=OPERATOR_ONLY,
     response_model=ModelVersionOut,
     summary="Re-activate the version that was active before the current one was promoted",
     responses=SWITCH_ERRORS,

@@ -13,6 +13,7 @@ from skinscreen.runtime import training_runs
 from skinscreen.runtime.training_runs import TrainingRequest
 
 from ..deps import ServicesDep
+from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
     FieldError,
     Problem,
@@ -41,6 +42,7 @@ def _run(row: dict[str, Any]) -> TrainingRun:
 @router.post(
     "",
     status_code=202,
+    dependencies=OPERATOR_ONLY,
     response_model=TrainingRunAccepted,
     summary="Start a training run on the trainer's queue",
     responses={
@@ -51,6 +53,7 @@ def _run(row: dict[str, Any]) -> TrainingRun:
             "(0, 1), zero epochs, a data source that does not exist); nothing is queued.",
         },
         503: {"model": Problem, "description": "The training queue could not take the run."},
+        **OPERATOR_ERRORS,
     },
 )
 async def create_training_run(
@@ -115,11 +118,13 @@ async def list_training_runs(
 
 @router.post(
     "/{run_id}/cancel",
+    dependencies=OPERATOR_ONLY,
     response_model=TrainingRun,
     summary="Cancel a run: a queued one at once, a running one at its next epoch",
     responses={
         404: {"model": Problem, "description": "No run with this id."},
         409: {"model": Problem, "description": "The run already finished."},
+        **OPERATOR_ERRORS,
     },
 )
 async def cancel_training_run(run_id: UUID, services: ServicesDep) -> TrainingRun:
