@@ -7,7 +7,6 @@ Several images show the same lesion: splits must be grouped by `lesion_id`.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from skinscreen.core.pad_ufes import DataError
+from skinscreen.core.pad_ufes import DataError, check_data_folder, metadata_rows
 
 MALIGNANT_DIAGNOSES: Final = frozenset({"mel", "bcc", "akiec"})
 BENIGN_DIAGNOSES: Final = frozenset({"nv", "bkl", "df", "vasc"})
@@ -99,15 +98,7 @@ def load_ham10000(root: Path) -> DermoscopyDataset:
     """
     root = Path(root)
     metadata = root / METADATA_FILE
-    if not root.is_dir():
-        raise DataError(
-            f"data folder {root} does not exist; pass the HAM10000 folder that holds "
-            f"{METADATA_FILE} and images/"
-        )
-    if not metadata.is_file():
-        raise DataError(
-            f"{metadata} does not exist; a HAM10000 folder holds {METADATA_FILE} and images/"
-        )
+    check_data_folder(root, metadata, "HAM10000", f"{METADATA_FILE} and images/")
     images = _image_index(root)
     if not images:
         raise DataError(
@@ -118,14 +109,7 @@ def load_ham10000(root: Path) -> DermoscopyDataset:
     samples: list[DermoscopyImage] = []
     skipped = 0
     with metadata.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"{metadata} lacks the column(s) {', '.join(missing)}; required are "
-                f"{', '.join(REQUIRED_COLUMNS)}"
-            )
-        for row, record in enumerate(reader, start=2):
+        for row, record in metadata_rows(handle, metadata, REQUIRED_COLUMNS):
             diagnosis = record["dx"].strip().lower()
             if diagnosis not in DIAGNOSES:
                 raise DataError(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 import numpy as np
 
@@ -153,6 +153,31 @@ def _find_image(images: Path, img_id: str) -> Path | None:
     return None
 
 
+def check_data_folder(root: Path, metadata: Path, dataset: str, holds: str) -> None:
+    """Refuse a missing data folder or metadata file, saying what the folder should hold."""
+    if not root.is_dir():
+        raise DataError(
+            f"data folder {root} does not exist; pass the {dataset} folder that holds {holds}"
+        )
+    if not metadata.is_file():
+        raise DataError(f"{metadata} does not exist; a {dataset} folder holds {holds}")
+
+
+def metadata_rows(
+    handle: TextIO, metadata: Path, required: Sequence[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """A metadata CSV's records with their row numbers (the header is row 1), once every
+    required column is known to be there."""
+    reader = csv.DictReader(handle)
+    missing = [column for column in required if column not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(
+            f"{metadata} lacks the column(s) {', '.join(missing)}; required are "
+            f"{', '.join(required)}"
+        )
+    return enumerate(reader, start=2)
+
+
 def load_pad_ufes(root: Path) -> Dataset:
     """Read PAD-UFES-20 from `root` (holding metadata.csv and images/).
 
@@ -162,16 +187,7 @@ def load_pad_ufes(root: Path) -> Dataset:
     root = Path(root)
     metadata = root / METADATA_FILE
     images = root / IMAGES_FOLDER
-    if not root.is_dir():
-        raise DataError(
-            f"data folder {root} does not exist; pass the PAD-UFES-20 folder that "
-            f"holds {METADATA_FILE} and {IMAGES_FOLDER}/"
-        )
-    if not metadata.is_file():
-        raise DataError(
-            f"{metadata} does not exist; a PAD-UFES-20 folder holds {METADATA_FILE} "
-            f"and {IMAGES_FOLDER}/"
-        )
+    check_data_folder(root, metadata, "PAD-UFES-20", f"{METADATA_FILE} and {IMAGES_FOLDER}/")
     if not images.is_dir():
         raise DataError(
             f"{images} does not exist; the photos belong in {IMAGES_FOLDER}/ beside {METADATA_FILE}"
@@ -180,14 +196,7 @@ def load_pad_ufes(root: Path) -> Dataset:
     samples: list[Sample] = []
     skipped = 0
     with metadata.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"{metadata} lacks the column(s) {', '.join(missing)}; required are "
-                f"{', '.join(REQUIRED_COLUMNS)}"
-            )
-        for row, record in enumerate(reader, start=2):
+        for row, record in metadata_rows(handle, metadata, REQUIRED_COLUMNS):
             diagnostic = record["diagnostic"].strip().upper()
             if diagnostic not in DIAGNOSES:
                 raise DataError(
