@@ -62,3 +62,11 @@ def official_layout_copy(source: Path, target: Path, rows: int) -> list[dict[str
         writer.writeheader()
         writer.writerows(chosen)
     return chosen
+
+
+def missing_data_arguments(arguments: list[str], tmp_path: Path) -> list[str]:
+    """A CLI test's arguments: `{missing}` becomes a data folder that does not exist, which
+    is also the --data given when the arguments name none."""
+    data = str(tmp_path / "no-such-folder")
+    arguments = [argument.replace("{missing}", data) for argument in arguments]
+    return arguments if "--data" in arguments else ["--data", data, *arguments]

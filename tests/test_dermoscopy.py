@@ -22,7 +22,7 @@ from skinscreen.trainer.dermoscopy import (
 )
 from skinscreen.trainer.export import ExportError, export_image_only_onnx
 from skinscreen.trainer.training import load_images
-from tests.conftest import REPO
+from tests.conftest import REPO, missing_data_arguments
 
 
 @pytest.mark.parametrize(
@@ -223,10 +223,7 @@ def test_published_dermoscopy_model_takes_the_image_alone(
 def test_bad_dermoscopy_input_is_refused_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    data = str(tmp_path / "no-such-folder")
-    arguments = [argument.replace("{missing}", data) for argument in arguments]
-    if "--data" not in arguments:
-        arguments = ["--data", data, *arguments]
+    arguments = missing_data_arguments(arguments, tmp_path)
     runs, store = tmp_path / "runs", tmp_path / "store"
     code = main(["dermoscopy", *arguments, "--runs", str(runs), "--store", str(store)])
     assert code == 2

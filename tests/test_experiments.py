@@ -18,6 +18,7 @@ from skinscreen.trainer.evaluation import Threshold, fbeta_at
 from skinscreen.trainer.fusion_experiments import Setting, best_setting, head_config
 from skinscreen.trainer.pipeline import CrossValidation, select_subset
 from skinscreen.trainer.training import Trainer, load_images
+from tests.conftest import missing_data_arguments
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +175,7 @@ def test_settings_share_one_trunk_cache(pad_ufes_dir: Path) -> None:
 def test_bad_experiments_input_is_refused_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    data = str(tmp_path / "no-such-folder")
-    arguments = [argument.replace("{missing}", data) for argument in arguments]
-    if "--data" not in arguments:
-        arguments = ["--data", data, *arguments]
+    arguments = missing_data_arguments(arguments, tmp_path)
     code = main(["experiments", *arguments, "--runs", str(tmp_path / "runs")])
     assert code == 2
     assert message in capsys.readouterr().err

@@ -15,7 +15,7 @@ from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.cli import main
 from skinscreen.trainer.model import load_checkpoint
 from skinscreen.trainer.training import load_images
-from tests.conftest import official_layout_copy
+from tests.conftest import missing_data_arguments, official_layout_copy
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +176,7 @@ def test_export_command_reproduces_the_run(
 def test_bad_training_input_is_refused_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    data = str(tmp_path / "no-such-folder")
-    arguments = [argument.replace("{missing}", data) for argument in arguments]
-    if "--data" not in arguments:
-        arguments = ["--data", data, *arguments]
+    arguments = missing_data_arguments(arguments, tmp_path)
     code = main(
         ["train", *arguments, "--runs", str(tmp_path / "runs"), "--store", str(tmp_path / "store")]
     )
