@@ -48,7 +48,13 @@ from skinscreen.trainer.pipeline import (
     score_cross_validation,
     select_subset,
 )
-from skinscreen.trainer.report import RocCurve, plot_confusion, plot_roc, plot_roc_curves
+from skinscreen.trainer.report import (
+    RocCurve,
+    plot_confusion,
+    plot_roc,
+    plot_roc_curves,
+    time_section,
+)
 from skinscreen.trainer.training import Trainer, load_images, resolve_device
 
 log = logging.getLogger(__name__)
@@ -558,12 +564,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "![ROC of the cross-validation](roc_cross_validation.png)",
         "",
-        "## Time",
-        "",
-        *[
-            f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
-            for key, value in report["timings_s"].items()
-        ],
+        *time_section(report["timings_s"]),
         "",
         f"ONNX export (input `image` alone) checked: max |ONNX Runtime - PyTorch| = "
         f"{report['onnx_parity_max_abs_difference']:.1e}.",

@@ -37,7 +37,7 @@ from skinscreen.trainer.pipeline import (
     score_cross_validation,
     select_subset,
 )
-from skinscreen.trainer.report import plot_embedding
+from skinscreen.trainer.report import plot_embedding, time_section
 from skinscreen.trainer.training import Trainer, load_images
 
 log = logging.getLogger(__name__)
@@ -387,12 +387,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *[f"![{name}]({file})" for name, file in report["figures"].items()],
         "",
-        "## Time",
-        "",
-        *[
-            f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
-            for key, value in report["timings_s"].items()
-        ],
+        *time_section(report["timings_s"]),
         "",
     ]
     return "\n".join(lines)

@@ -227,3 +227,15 @@ def plot_embedding(path: Path, points: np.ndarray, labels: np.ndarray, title: st
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def time_section(timings_s: dict[str, float]) -> list[str]:
+    """A report's "Time" section in Markdown: one line per timed part, e.g. `- total: 824 s`."""
+    return [
+        "## Time",
+        "",
+        *[
+            f"- {key.removesuffix('_s').replace('_', ' ')}: {value:.0f} s"
+            for key, value in timings_s.items()
+        ],
+    ]
