@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 FIGURES = (
-    r"raw ONNX Runtime: [\d.]+ screenings/s \(batches of \d+\)",
+    r"model ([\w-]+); raw ONNX Runtime: [\d.]+ screenings/s \(batches of \d+\)",
     r"end to end, 4 clients: [\d.]+ screenings/s \((\d+) in 3 s\); p50 \d+ ms, p95 \d+ ms, p99",
     r"batch sizes: (\d+x\d+(, )?)+",
     r"raw ONNX Runtime again: [\d.]+ screenings/s; mean [\d.]+",
@@ -21,16 +23,24 @@ FIGURES = (
 )
 
 
-def test_bench_prints_throughput_latency_batches_and_ratio(pad_ufes_dir: Path) -> None:
+@pytest.mark.parametrize("model", [None, "skinscreen-dermoscopy"])
+def test_bench_prints_throughput_latency_batches_and_ratio(
+    pad_ufes_dir: Path, model: str | None
+) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environ.pop("MODEL_NAME", None)
+    chosen = [] if model is None else ["--model", model]
     completed = subprocess.run(
         [sys.executable, "-m", "skinscreen.inference.bench", "--photos", str(pad_ufes_dir),
-         "--limit", "8", "--clients", "4", "--duration", "3", "--raw-duration", "1"],
+         "--limit", "8", "--clients", "4", "--duration", "3", "--raw-duration", "1", *chosen],
         env=environ, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     for figure in FIGURES:
         assert re.search(figure, completed.stdout), (figure, completed.stdout)
+    served = re.search(FIGURES[0], completed.stdout)
+    assert served is not None
+    assert served.group(1) == (model or "skinscreen-fusion")
     saturated = re.search(FIGURES[1], completed.stdout)
     assert saturated is not None
     assert int(saturated.group(1)) > 0

@@ -77,12 +77,14 @@ def raw_throughput(settings: Settings, photos: list[Photo], duration_s: float) -
     return done / (time.perf_counter() - started)
 
 
-async def screen_one(session: aiohttp.ClientSession, photo: Photo) -> float:
+async def screen_one(session: aiohttp.ClientSession, photo: Photo, model: str) -> float:
     """Latency of one screening, from POST to its result."""
     started = time.perf_counter()
     form = aiohttp.FormData()
     form.add_field("image", photo.data, filename=photo.path.name, content_type="image/jpeg")
+    # An image-only model ignores the answers; sending them keeps the requests alike.
     form.add_field("clinical", photo.clinical.model_dump_json())
+    form.add_field("model", model)
     async with session.post("/v1/screenings", data=form) as response:
         response.raise_for_status()
         location = response.headers["Location"]
@@ -106,7 +108,7 @@ def client_session(url: str, connections: int) -> aiohttp.ClientSession:
 
 
 async def closed_loop(
-    url: str, photos: list[Photo], clients: int, duration_s: float
+    url: str, photos: list[Photo], model: str, clients: int, duration_s: float
 ) -> list[float]:
     """`clients` clients, each sending its next screening once the last one is done."""
     latencies: list[float] = []
@@ -116,14 +118,16 @@ async def closed_loop(
         async def one_client(index: int) -> None:
             sent = index
             while time.perf_counter() < deadline:
-                latencies.append(await screen_one(session, photos[sent % len(photos)]))
+                latencies.append(await screen_one(session, photos[sent % len(photos)], model))
                 sent += clients
 
         await asyncio.gather(*(one_client(index) for index in range(clients)))
     return latencies
 
 
-async def open_loop(url: str, photos: list[Photo], rate: float, duration_s: float) -> list[float]:
+async def open_loop(
+    url: str, photos: list[Photo], model: str, rate: float, duration_s: float
+) -> list[float]:
     """Screenings arriving at a fixed `rate` per second, whatever the replies."""
     tasks = []
     async with client_session(url, 0) as session:
@@ -132,7 +136,8 @@ async def open_loop(url: str, photos: list[Photo], rate: float, duration_s: floa
             delay = started + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(screen_one(session, photos[index % len(photos)])))
+            photo = photos[index % len(photos)]
+            tasks.append(asyncio.create_task(screen_one(session, photo, model)))
         return list(await asyncio.gather(*tasks))
 
 
@@ -157,12 +162,14 @@ def percentiles(latencies: list[float]) -> str:
 
 
 def run(args: argparse.Namespace, photos: list[Photo], url: str, settings: Settings) -> None:
+    model = settings.MODEL_NAME
     raw_before = raw_throughput(settings, photos, args.raw_duration)
-    print(f"raw ONNX Runtime: {raw_before:.1f} screenings/s (batches of {settings.MAX_BATCH_SIZE})")
+    print(f"model {model}; raw ONNX Runtime: {raw_before:.1f} screenings/s "
+          f"(batches of {settings.MAX_BATCH_SIZE})")  # fmt: skip
 
     since = datetime.now(UTC)
     started = time.perf_counter()
-    saturated = asyncio.run(closed_loop(url, photos, args.clients, args.duration))
+    saturated = asyncio.run(closed_loop(url, photos, model, args.clients, args.duration))
     throughput = len(saturated) / (time.perf_counter() - started)
     sizes = asyncio.run(batch_sizes(settings.DATABASE_URL, since))
     print(f"end to end, {args.clients} clients: {throughput:.1f} screenings/s "
@@ -175,7 +182,7 @@ def run(args: argparse.Namespace, photos: list[Photo], url: str, settings: Setti
     print(f"raw ONNX Runtime again: {raw_after:.1f} screenings/s; mean {raw:.1f}")
     print(f"ratio end to end / raw: {throughput / raw:.2f}")
 
-    half = asyncio.run(open_loop(url, photos, throughput / 2, args.duration))
+    half = asyncio.run(open_loop(url, photos, model, throughput / 2, args.duration))
     print(f"at half saturation ({throughput / 2:.1f}/s): {percentiles(half)}")
 
 
@@ -187,16 +194,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--raw-duration", type=float, default=10.0)
     parser.add_argument("--url", help="a running gateway (needs DATABASE_URL); default: start one")
+    parser.add_argument(
+        "--model", help="the model to screen with, e.g. skinscreen-dermoscopy (default MODEL_NAME)"
+    )
     args = parser.parse_args(argv)
     photos = read_photos(args.photos, args.limit)  # before starting anything: fail fast
     if args.url:
-        run(args, photos, args.url, Settings())
+        settings = Settings()
+        if args.model:
+            settings = settings.model_copy(update={"MODEL_NAME": args.model})
+        run(args, photos, args.url, settings)
         return
     with tempfile.TemporaryDirectory(prefix="skinscreen-bench-") as data:
         environ = {
             key: value for key, value in os.environ.items()
             if key not in ("DATABASE_URL", "REDIS_URL")
         }  # fmt: skip
+        if args.model:
+            # The stack's one inference worker serves it.
+            environ["MODEL_NAME"] = args.model
         log = Path(data) / "stack.log"
         stack = Stack(Path(data), "127.0.0.1", free_port(), environ, log=log, with_trainer=False)
         try:
