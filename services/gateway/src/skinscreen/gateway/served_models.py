@@ -52,6 +52,8 @@ class ServedModels:
                 " FROM model_versions WHERE status = 'active'"
             )
             raise UnknownModelError(f"no model named {name!r} is served; served models: {served}")
-        inputs = tuple(active.card.get("inputs", ("image", "clinical")))
+        # The registry's reading of a name's inputs (older cards lack the field).
+        inputs = await registry.model_inputs(self.pool, name)
+        assert inputs is not None, "an active version is a registered one"
         model = self._known[name] = ServedModel(name, inputs)
         return model

@@ -22,6 +22,7 @@ from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, make_celery, queu
 from . import metrics
 from .active_model import ActiveModel
 from .batching import Batcher
+from .model import LoadedModel
 from .settings import get_settings
 
 # Uploads may be HEIC/HEIF (iPhones); the gateway accepted them, so the worker must read them.
@@ -96,16 +97,15 @@ def _decode(data: bytes, size: int) -> Any:
         raise PermanentError(f"the stored photo cannot be decoded: {exc}") from exc
 
 
-def _clinical_vector(task: ScreeningTask) -> np.ndarray:
+def _clinical_vector(task: ScreeningTask, model: LoadedModel) -> np.ndarray:
     """The 22 values the model takes, or PermanentError if the task cannot be scored here."""
-    model = runtime.batcher.model if runtime.batcher is not None else None
     if task.model_name != settings.MODEL_NAME:
         raise PermanentError(
             f"sent to model {task.model_name}, but it reached a worker serving "
             f"{settings.MODEL_NAME} (queue {queue_for(settings.MODEL_NAME)})"
         )
     if task.clinical is None:
-        if model is not None and "clinical" in model.inputs:
+        if "clinical" in model.inputs:
             raise PermanentError(f"no clinical answers, and model {model.name} takes them")
         return UNUSED_CLINICAL
     return encode(task.clinical)
@@ -121,7 +121,7 @@ def screen(self: Task, message: dict[str, Any]) -> str:
     task = ScreeningTask.model_validate(message)
     assert runtime.batcher is not None, "worker_init did not run"
     try:
-        clinical = _clinical_vector(task)
+        clinical = _clinical_vector(task, runtime.batcher.model)
         data = runtime.blobs.read(task.image_key)
         image = _decode(data, runtime.batcher.model.input_size)
         outcome = runtime.batcher.submit(
