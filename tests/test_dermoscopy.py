@@ -1,9 +1,11 @@
 """The dermoscopy paper's network: shapes for 1-3 blocks, its training pieces, its image-only
-export and card, and a small real run of the `dermoscopy` command on HAM10000."""
+export and card, a small real run of the `dermoscopy` command on HAM10000, and the
+`dermoscopy-lite0` comparison against the version that run published."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +241,95 @@ def test_unknown_lite0_mode_lists_the_choices(capsys: pytest.CaptureFixture[str]
     error = capsys.readouterr().err
     assert "invalid choice: 'gpu'" in error
     assert "'cached', 'full'" in error
+
+
+def lite0_arguments(data: Path, reference: Path, runs: Path) -> list[str]:
+    return [
+        "dermoscopy-lite0",
+        "--data",
+        str(data),
+        "--reference",
+        str(reference),
+        "--lite0-mode",
+        "full",
+        "--lite0-image-size",
+        "64",
+        "--lite0-epochs",
+        "1",
+        "--lite0-learning-rate",
+        "3e-4",
+        "--device",
+        "cpu",
+        "--runs",
+        str(runs),
+    ]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_lite0_comparison_rebuilds_the_reference_split_and_scores_its_onnx(
+    small_run: dict[str, Path], ham10000_dir: Path, tmp_path: Path
+) -> None:
+    """Lite0, fully fine-tuned, beside the published 3-block network on the same test images;
+    the reference's scores are those of its own run, through the ONNX that is served."""
+    runs = tmp_path / "runs"
+    assert main(lite0_arguments(ham10000_dir, small_run["published"], runs)) == 0
+    (run_dir,) = runs.iterdir()
+    for name in (
+        "config.json",
+        "report.json",
+        "report.md",
+        "roc_test.png",
+        "confusion_test_paper.png",
+        "confusion_test_screening.png",
+        "predictions.npz",
+    ):
+        assert (run_dir / name).stat().st_size > 0, name
+    report = json.loads((run_dir / "report.json").read_text())
+    original = json.loads((small_run["run"] / "report.json").read_text())
+    # Seed and subset come from the reference's card: the same 100 images, the same split.
+    assert report["config"]["max_samples"] == 100
+    assert report["data"] == original["data"]
+    reference, lite0 = report["split_networks"]
+    three_blocks = original["split_networks"][2]
+    assert reference["name"].startswith("dermoscopy-cnn-3-blocks")
+    for key in ("test_at_0.5", "test_at_screening_threshold"):
+        assert reference[key]["roc_auc"] == pytest.approx(three_blocks[key]["roc_auc"], abs=1e-6)
+        assert reference[key]["confusion_matrix"] == three_blocks[key]["confusion_matrix"]
+    assert lite0["name"] == "EfficientNet-Lite0 (full)"
+    assert sum(map(sum, lite0["test_at_0.5"]["confusion_matrix"])) == 20
+    predictions = np.load(run_dir / "predictions.npz")
+    assert predictions["lite0_test"].shape == predictions["test_rows"].shape == (20,)
+    assert np.all((predictions["lite0_test"] >= 0) & (predictions["lite0_test"] <= 1))
+    assert report["command"].startswith("skinscreen-trainer dermoscopy-lite0")
+    markdown = (run_dir / "report.md").read_text()
+    assert "# EfficientNet-Lite0 (full) against skinscreen-dermoscopy" in markdown
+    assert "| EfficientNet-Lite0 (full) |" in markdown
+    assert "Test ROC AUC of Lite0 minus the reference's:" in markdown
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_lite0_comparison_refuses_a_reference_it_cannot_match(
+    small_run: dict[str, Path],
+    ham10000_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fusion model, a folder without a card, and a card whose split differs (another seed
+    picks other images) are refused by name, before any run folder is made."""
+    changed = tmp_path / "changed-seed"
+    shutil.copytree(small_run["published"], changed)
+    card = json.loads((changed / "card.json").read_text())
+    card["training_config"]["seed"] = 1
+    (changed / "card.json").write_text(json.dumps(card))
+    fusion = latest_version(REPO / "models", "skinscreen-fusion")
+    runs = tmp_path / "runs"
+    for reference, message in (
+        (fusion, "the reference must be an image-only dermoscopy model"),
+        (tmp_path / "nothing", "card.json does not exist"),
+        (changed, "is not the data skinscreen-dermoscopy"),
+    ):
+        assert main(lite0_arguments(ham10000_dir, reference, runs)) == 2
+        assert message in capsys.readouterr().err
+        assert not runs.exists()

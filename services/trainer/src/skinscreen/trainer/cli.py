@@ -25,6 +25,10 @@ from pydantic.fields import FieldInfo
 from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
+from skinscreen.trainer.dermoscopy_backbone import (
+    LITE0_COMPARISON_OPTIONS,
+    compare_backbone,
+)
 from skinscreen.trainer.dermoscopy_experiments import DermoscopyConfig, run_dermoscopy
 from skinscreen.trainer.evaluation import binary_metrics
 from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
@@ -262,6 +266,27 @@ def command_dermoscopy(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_dermoscopy_lite0(args: argparse.Namespace) -> int:
+    """EfficientNet-Lite0 against a published dermoscopy network, on that network's split."""
+    config = model_from_args(DermoscopyConfig, args)
+    command = command_line(
+        "dermoscopy-lite0",
+        config,
+        extra=[f"--reference {shlex.quote(args.reference)}", f"--runs {args.runs}"],
+    )
+    result = compare_backbone(config, Path(args.reference), Path(args.runs), command)
+    print(f"run folder: {result.run_dir}")
+    print(f"report:     {result.run_dir / 'report.md'}")
+    for network in result.report["split_networks"]:
+        test = network["test_at_0.5"]
+        print(
+            f"  {network['name']}: test ROC AUC {test['roc_auc']:.3f}, sensitivity "
+            f"{test['recall']:.3f}, specificity {test['specificity']:.3f} (at 0.5)"
+        )
+    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skinscreen-trainer", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -322,6 +347,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dermoscopy.add_argument("--no-publish", action="store_true", help="do not publish the model")
     dermoscopy.set_defaults(handler=command_dermoscopy)
+
+    lite0 = commands.add_parser(
+        "dermoscopy-lite0",
+        allow_abbrev=False,
+        help="EfficientNet-Lite0 (cached or full fine-tuning) against a published "
+        "skinscreen-dermoscopy version, on the split that version was trained on",
+    )
+    _add_config_options(
+        lite0,
+        DermoscopyConfig,
+        exclude=set(DermoscopyConfig.model_fields) - set(LITE0_COMPARISON_OPTIONS),
+    )
+    lite0.add_argument(
+        "--reference",
+        required=True,
+        help="a published skinscreen-dermoscopy version folder (card.json and model.onnx), "
+        "e.g. models/skinscreen-dermoscopy/20261122.083414",
+    )
+    lite0.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    lite0.set_defaults(handler=command_dermoscopy_lite0)
 
     add_registry_commands(commands)
     return parser

@@ -111,6 +111,9 @@ class DermoscopyConfig(BaseModel):
     )
     lite0_views: Annotated[int, Field(ge=1, le=64)] = 1
     lite0_epochs: Annotated[int, Field(ge=1)] = 8
+    lite0_learning_rate: Annotated[float, Field(gt=0.0)] = Field(
+        1e-3, description="Adam's rate for Lite0 (full fine-tuning wants a lower one, e.g. 3e-4)."
+    )
     max_samples: Annotated[int | None, Field(ge=50)] = Field(
         None, description="Use a stratified subset of this many images (smoke runs)."
     )
@@ -128,6 +131,7 @@ class DermoscopyConfig(BaseModel):
             views=self.lite0_views,
             ensemble=1,
             epochs=self.lite0_epochs,
+            learning_rate=self.lite0_learning_rate,
             seed=self.seed,
             device=self.device,
         )
@@ -242,7 +246,7 @@ def run_dermoscopy(
             network = fit.model
     assert network is not None
     if config.lite0:
-        models.append(_fit_lite0(config, dataset, split))
+        models.append(fit_lite0(config, dataset, split))
         timings["split_lite0_s"] = models[-1].seconds
 
     mark = time.perf_counter()
@@ -275,7 +279,7 @@ def run_dermoscopy(
     return DermoscopyResult(run_dir, report, card, published)
 
 
-def _fit_lite0(config: DermoscopyConfig, dataset: DermoscopyDataset, split: Split) -> SplitModel:
+def fit_lite0(config: DermoscopyConfig, dataset: DermoscopyDataset, split: Split) -> SplitModel:
     """EfficientNet-Lite0 through the fusion trainer, image only, on the same split."""
     mark = time.perf_counter()
     lite0 = config.lite0_config()
@@ -364,8 +368,53 @@ def _card(
     )
 
 
-def _scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, Any]:
+def scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, Any]:
     return binary_metrics(labels, probabilities, threshold, (1.0,))
+
+
+def network_rows(
+    config: DermoscopyConfig, labels: np.ndarray, split: Split, models: list[SplitModel]
+) -> list[dict[str, Any]]:
+    """Each network's test scores at 0.5 and at its own screening threshold (from validation)."""
+    test_labels = labels[split.test]
+    rows = []
+    for model in models:
+        screening = choose_threshold(
+            labels[split.validation], model.validation, "recall", config.recall_target
+        ).value
+        rows.append(
+            {
+                "name": model.name,
+                "seconds": model.seconds,
+                "best_epoch": model.epoch,
+                "validation_auc_per_epoch": model.validation_auc,
+                "test_at_0.5": scores(test_labels, model.test, PAPER_THRESHOLD),
+                "screening_threshold": screening,
+                "test_at_screening_threshold": scores(test_labels, model.test, screening),
+            }
+        )
+    return rows
+
+
+def data_summary(dataset: DermoscopyDataset, split: Split) -> dict[str, Any]:
+    """The images, lesions, diagnoses and split sizes a report was made on."""
+    labels = dataset.labels
+    return {
+        "images": len(dataset),
+        "lesions": len(set(dataset.groups)),
+        "malignant": int(labels.sum()),
+        "skipped_missing_image": dataset.skipped_missing_image,
+        "diagnoses": dict(sorted(dataset.diagnoses.items())),
+        "fingerprint": dataset.fingerprint(),
+        "split": {
+            part: {"images": len(rows), "malignant": int(labels[rows].sum())}
+            for part, rows in (
+                ("train", split.train),
+                ("validation", split.validation),
+                ("test", split.test),
+            )
+        },
+    }
 
 
 def _report(
@@ -380,44 +429,12 @@ def _report(
     parity: float,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    labels = dataset.labels
-    test_labels = labels[split.test]
-    networks = []
-    for model in models:
-        screening = choose_threshold(
-            labels[split.validation], model.validation, "recall", config.recall_target
-        ).value
-        networks.append(
-            {
-                "name": model.name,
-                "seconds": model.seconds,
-                "best_epoch": model.epoch,
-                "validation_auc_per_epoch": model.validation_auc,
-                "test_at_0.5": _scores(test_labels, model.test, PAPER_THRESHOLD),
-                "screening_threshold": screening,
-                "test_at_screening_threshold": _scores(test_labels, model.test, screening),
-            }
-        )
+    networks = network_rows(config, dataset.labels, split, models)
     return {
         "command": command,
         "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
         "config": json.loads(config.model_dump_json()),
-        "data": {
-            "images": len(dataset),
-            "lesions": len(set(dataset.groups)),
-            "malignant": int(labels.sum()),
-            "skipped_missing_image": dataset.skipped_missing_image,
-            "diagnoses": dict(sorted(dataset.diagnoses.items())),
-            "fingerprint": card.data_fingerprint,
-            "split": {
-                part: {"images": len(rows), "malignant": int(labels[rows].sum())}
-                for part, rows in (
-                    ("train", split.train),
-                    ("validation", split.validation),
-                    ("test", split.test),
-                )
-            },
-        },
+        "data": data_summary(dataset, split),
         "threshold": {
             "value": threshold.value,
             "description": card.decision_threshold.description,
@@ -446,7 +463,7 @@ def _plots(
     test_labels = labels[split.test]
     curves = [
         RocCurve(
-            f"{model.name} (AUC {_scores(test_labels, model.test, 0.5)['roc_auc']:.3f})",
+            f"{model.name} (AUC {scores(test_labels, model.test, 0.5)['roc_auc']:.3f})",
             test_labels,
             model.test,
             emphasised=index == SWEEP_BLOCKS.index(PUBLISHED_BLOCKS),
@@ -460,7 +477,7 @@ def _plots(
     for name, value in (("paper", PAPER_THRESHOLD), ("screening", threshold.value)):
         plot_confusion(
             run_dir / f"confusion_test_{name}.png",
-            _scores(test_labels, main.test, value)["confusion_matrix"],
+            scores(test_labels, main.test, value)["confusion_matrix"],
             value,
             CLASSES,
             title=f"{main.name}, test split",
@@ -472,8 +489,24 @@ def _plots(
     )
 
 
-def _row(name: str, metrics: dict[str, Any]) -> str:
+def table_row(name: str, metrics: dict[str, Any]) -> str:
     return f"| {name} | " + " | ".join(f"{metrics[key]:.3f}" for key in REPORTED) + " |"
+
+
+def data_lines(data: dict[str, Any]) -> list[str]:
+    """The data and split paragraphs of a report, from its `data_summary`."""
+    split = data["split"]
+    return [
+        f"Data: {data['images']} images of {data['lesions']} lesions, {data['malignant']} "
+        "malignant (mel, bcc, akiec; benign: nv, bkl, df, vasc); "
+        f"{data['skipped_missing_image']} metadata rows skipped for a missing image. "
+        f"Diagnoses: {', '.join(f'{k} {v}' for k, v in data['diagnoses'].items())}.",
+        "",
+        f"Split grouped by lesion (no lesion on two sides), stratified: train "
+        f"{split['train']['images']} ({split['train']['malignant']} malignant), validation "
+        f"{split['validation']['images']} ({split['validation']['malignant']}), test "
+        f"{split['test']['images']} ({split['test']['malignant']}).",
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -482,7 +515,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     cv = report["cross_validation"]
     header = "| network | " + " | ".join(HEADERS[key] for key in REPORTED) + " |"
     rule = "|---" * (len(REPORTED) + 1) + "|"
-    split = data["split"]
     lines = [
         f"# The dermoscopy paper on HAM10000: {report['model']['name']} "
         f"{report['model']['version']}",
@@ -493,15 +525,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         report["command"],
         "```",
         "",
-        f"Data: {data['images']} images of {data['lesions']} lesions, {data['malignant']} "
-        "malignant (mel, bcc, akiec; benign: nv, bkl, df, vasc); "
-        f"{data['skipped_missing_image']} metadata rows skipped for a missing image. "
-        f"Diagnoses: {', '.join(f'{k} {v}' for k, v in data['diagnoses'].items())}.",
-        "",
-        f"Split grouped by lesion (no lesion on two sides), stratified: train "
-        f"{split['train']['images']} ({split['train']['malignant']} malignant), validation "
-        f"{split['validation']['images']} ({split['validation']['malignant']}), test "
-        f"{split['test']['images']} ({split['test']['malignant']}).",
+        *data_lines(data),
         "",
         f"Networks: {config['image_size']}x{config['image_size']}x3 input, blocks of 3x3 "
         "convolution + ReLU + 2x2 max pooling (32, 32, 64 filters), flatten, dense 64 + ReLU, "
@@ -523,7 +547,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         header,
         rule,
-        *[_row(network["name"], network["test_at_0.5"]) for network in networks],
+        *[table_row(network["name"], network["test_at_0.5"]) for network in networks],
         "",
         "## Test split, at the screening threshold",
         "",
@@ -533,7 +557,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         header,
         rule,
-        *[_row(network["name"], network["test_at_screening_threshold"]) for network in networks],
+        *[
+            table_row(network["name"], network["test_at_screening_threshold"])
+            for network in networks
+        ],
         "",
         "Best epoch (validation ROC AUC): "
         + "; ".join(
