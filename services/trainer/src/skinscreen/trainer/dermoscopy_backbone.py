@@ -59,6 +59,8 @@ LITE0_COMPARISON_OPTIONS: Final = (
     "device",
 )
 ONNX_BATCH: Final = 64
+# The two networks' names in predictions.npz, in the report's order.
+_KEYS: Final = ("reference", "lite0")
 
 
 @dataclass
@@ -140,9 +142,6 @@ def compare_backbone(
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_comparison(report))
     return BackboneComparison(run_dir, report)
-
-
-_KEYS: Final = ("reference", "lite0")
 
 
 def _score_reference(
