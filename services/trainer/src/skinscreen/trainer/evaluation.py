@@ -151,3 +151,55 @@ def summarise(per_fold: list[dict[str, float | list[list[int]]]]) -> dict[str, d
 def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     false_positive_rate, true_positive_rate, _ = roc_curve(labels, probabilities)
     return false_positive_rate, true_positive_rate
+
+
+@dataclass(frozen=True)
+class PairedAucDifference:
+    """ROC AUC of `b` minus that of `a` on the same rows, with a bootstrap interval."""
+
+    difference: float
+    low: float
+    high: float
+    share_not_better: float
+    rounds: int
+
+
+def paired_auc_difference(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    rounds: int = 2000,
+    seed: int = 0,
+) -> PairedAucDifference:
+    """AUC(b) - AUC(a), and its 95 % percentile interval over `rounds` resamples of the groups.
+
+    Both models are scored on each resample, so what they share (the same hard images) cancels;
+    whole groups (lesions, patients) are drawn, since their images are not independent. A
+    resample with one class only has no AUC and is drawn again. `share_not_better` is the share
+    of resamples in which b does not beat a.
+    """
+    unique, row_group = np.unique(groups, return_inverse=True)
+    generator = np.random.default_rng(seed)
+    differences: list[float] = []
+    while len(differences) < rounds:
+        weights = np.bincount(
+            generator.integers(0, len(unique), len(unique)), minlength=len(unique)
+        )[row_group]
+        drawn = labels[weights > 0]
+        if drawn.min() == drawn.max():
+            continue
+        differences.append(
+            float(
+                roc_auc_score(labels, b, sample_weight=weights)
+                - roc_auc_score(labels, a, sample_weight=weights)
+            )
+        )
+    spread = np.array(differences)
+    return PairedAucDifference(
+        difference=float(roc_auc_score(labels, b) - roc_auc_score(labels, a)),
+        low=float(np.percentile(spread, 2.5)),
+        high=float(np.percentile(spread, 97.5)),
+        share_not_better=float((spread <= 0).mean()),
+        rounds=rounds,
+    )
