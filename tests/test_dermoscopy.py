@@ -306,6 +306,12 @@ def test_lite0_comparison_rebuilds_the_reference_split_and_scores_its_onnx(
     assert "# EfficientNet-Lite0 (full) against skinscreen-dermoscopy" in markdown
     assert "| EfficientNet-Lite0 (full) |" in markdown
     assert "Test ROC AUC of Lite0 minus the reference's:" in markdown
+    gain = report["lite0_minus_reference_auc"]
+    assert gain["difference"] == pytest.approx(
+        lite0["test_at_0.5"]["roc_auc"] - reference["test_at_0.5"]["roc_auc"]
+    )
+    assert gain["low"] <= gain["high"]
+    assert f"{gain['low']:+.3f} to {gain['high']:+.3f}" in markdown
 
 
 @pytest.mark.data

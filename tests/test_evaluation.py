@@ -1,4 +1,5 @@
-"""Folds grouped by patient, metrics against scikit-learn, and the threshold choice."""
+"""Folds grouped by patient, metrics against scikit-learn, the threshold choice, and the paired
+bootstrap of an AUC difference."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.evaluation import (
     binary_metrics,
     choose_threshold,
+    paired_auc_difference,
     patient_folds,
     summarise,
 )
@@ -103,3 +105,36 @@ def test_no_patient_is_in_two_folds_on_the_real_data(pad_ufes_dir) -> None:
 def test_too_few_patients_for_the_folds() -> None:
     with pytest.raises(ValueError, match="5 folds need at least 5 patients; the data has 3"):
         patient_folds(np.array([0, 1, 0, 1]), np.array(["a", "b", "c", "c"]), 5, seed=0)
+
+
+def test_paired_auc_difference_of_a_model_with_itself_is_zero() -> None:
+    groups = np.arange(len(LABELS)) // 2
+    same = paired_auc_difference(LABELS, groups, PROBABILITIES, PROBABILITIES, rounds=200)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert same.share_not_better == 1.0
+
+
+def test_paired_auc_difference_finds_a_better_model_and_draws_whole_groups() -> None:
+    better = np.clip(LABELS * 0.6 + RNG.random(len(LABELS)) * 0.4, 0, 1)
+    groups = np.arange(len(LABELS)) // 4
+    result = paired_auc_difference(LABELS, groups, PROBABILITIES, better, rounds=300, seed=1)
+    expected = roc_auc_score(LABELS, better) - roc_auc_score(LABELS, PROBABILITIES)
+    assert result.difference == pytest.approx(expected)
+    assert 0 < result.low < result.difference < result.high
+    assert result.share_not_better == 0.0
+    # Reproducible from its seed; another seed draws other resamples.
+    again = paired_auc_difference(LABELS, groups, PROBABILITIES, better, rounds=300, seed=1)
+    assert (again.low, again.high) == (result.low, result.high)
+    assert paired_auc_difference(LABELS, groups, PROBABILITIES, better, rounds=300).low != (
+        result.low
+    )
+
+
+def test_paired_auc_difference_redraws_resamples_with_one_class() -> None:
+    # Two groups, one per class: half of all resamples hold one class and have no AUC.
+    labels = np.array([0, 0, 1, 1])
+    result = paired_auc_difference(
+        labels, np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]), labels * 1.0, rounds=50
+    )
+    assert result.rounds == 50
+    assert result.difference == 0.0
