@@ -57,7 +57,7 @@ dermoscopy: $(INSTALLED)
 
 # EfficientNet-Lite0 fully fine-tuned against the shipped skinscreen-dermoscopy (REFERENCE), on
 # the split it was trained on: docs/experiments/dermoscopy-lite0 (71 min on 2 CPU cores);
-# minutes with LITE0_OPTIONS="... --device cuda".
+# on a GPU, add --device cuda to LITE0_OPTIONS.
 REFERENCE ?= $(lastword $(sort $(wildcard models/skinscreen-dermoscopy/*)))
 LITE0_OPTIONS ?= --lite0-mode full --lite0-image-size 192 --lite0-epochs 12 --lite0-learning-rate 3e-4
 dermoscopy-lite0: export MALLOC_MMAP_THRESHOLD_ := 4294967296
