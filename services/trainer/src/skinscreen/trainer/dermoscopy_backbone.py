@@ -26,9 +26,7 @@ from skinscreen.core.card import ModelCard, verified_model
 from skinscreen.core.ham10000 import DermoscopyDataset, load_ham10000
 from skinscreen.trainer.dermoscopy_experiments import (
     CLASSES,
-    HEADERS,
     PAPER_THRESHOLD,
-    REPORTED,
     DermoscopyConfig,
     Split,
     SplitModel,
@@ -37,11 +35,18 @@ from skinscreen.trainer.dermoscopy_experiments import (
     fit_lite0,
     lesion_split,
     network_rows,
+    table_head,
     table_row,
 )
 from skinscreen.trainer.evaluation import paired_auc_difference
 from skinscreen.trainer.pipeline import new_run_dir, select_subset
-from skinscreen.trainer.report import RocCurve, plot_confusion, plot_roc_curves, time_section
+from skinscreen.trainer.report import (
+    RocCurve,
+    heading_section,
+    plot_confusion,
+    plot_roc_curves,
+    time_section,
+)
 from skinscreen.trainer.training import load_images
 
 log = logging.getLogger(__name__)
@@ -219,19 +224,14 @@ def _plots(
 def render_comparison(report: dict[str, Any]) -> str:
     config, reference = report["config"], report["reference"]
     networks = report["split_networks"]
-    header = "| network | " + " | ".join(HEADERS[key] for key in REPORTED) + " |"
-    rule = "|---" * (len(REPORTED) + 1) + "|"
     gain = report["lite0_minus_reference_auc"]
     return "\n".join(
         [
-            f"# EfficientNet-Lite0 ({config['lite0_mode']}) against {reference['name']} "
-            f"{reference['version']} on HAM10000",
-            "",
-            "Produced by:",
-            "",
-            "```sh",
-            report["command"],
-            "```",
+            *heading_section(
+                f"EfficientNet-Lite0 ({config['lite0_mode']}) against {reference['name']} "
+                f"{reference['version']} on HAM10000",
+                report["command"],
+            ),
             "",
             *data_lines(report["data"]),
             "",
@@ -253,8 +253,7 @@ def render_comparison(report: dict[str, Any]) -> str:
             "",
             "## Test split, output read at 0.5",
             "",
-            header,
-            rule,
+            *table_head(),
             *[table_row(network["name"], network["test_at_0.5"]) for network in networks],
             "",
             f"Test ROC AUC of Lite0 minus the reference's: **{gain['difference']:+.3f}**; "
@@ -271,8 +270,7 @@ def render_comparison(report: dict[str, Any]) -> str:
             )
             + ".",
             "",
-            header,
-            rule,
+            *table_head(),
             *[
                 table_row(network["name"], network["test_at_screening_threshold"])
                 for network in networks

@@ -50,6 +50,7 @@ from skinscreen.trainer.pipeline import (
 )
 from skinscreen.trainer.report import (
     RocCurve,
+    heading_section,
     plot_confusion,
     plot_roc,
     plot_roc_curves,
@@ -489,6 +490,14 @@ def _plots(
     )
 
 
+def table_head() -> list[str]:
+    """The header and rule of a table of `table_row`s."""
+    return [
+        "| network | " + " | ".join(HEADERS[key] for key in REPORTED) + " |",
+        "|---" * (len(REPORTED) + 1) + "|",
+    ]
+
+
 def table_row(name: str, metrics: dict[str, Any]) -> str:
     return f"| {name} | " + " | ".join(f"{metrics[key]:.3f}" for key in REPORTED) + " |"
 
@@ -513,17 +522,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     config, data = report["config"], report["data"]
     networks = report["split_networks"]
     cv = report["cross_validation"]
-    header = "| network | " + " | ".join(HEADERS[key] for key in REPORTED) + " |"
-    rule = "|---" * (len(REPORTED) + 1) + "|"
     lines = [
-        f"# The dermoscopy paper on HAM10000: {report['model']['name']} "
-        f"{report['model']['version']}",
-        "",
-        "Produced by:",
-        "",
-        "```sh",
-        report["command"],
-        "```",
+        *heading_section(
+            f"The dermoscopy paper on HAM10000: {report['model']['name']} "
+            f"{report['model']['version']}",
+            report["command"],
+        ),
         "",
         *data_lines(data),
         "",
@@ -545,8 +549,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Test split, sigmoid output read at 0.5 (as in the paper)",
         "",
-        header,
-        rule,
+        *table_head(),
         *[table_row(network["name"], network["test_at_0.5"]) for network in networks],
         "",
         "## Test split, at the screening threshold",
@@ -555,8 +558,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{config['recall_target']} on the validation split; the 3-block network's, "
         f"{report['threshold']['value']:.4f}, is the published model's.",
         "",
-        header,
-        rule,
+        *table_head(),
         *[
             table_row(network["name"], network["test_at_screening_threshold"])
             for network in networks

@@ -37,7 +37,7 @@ from skinscreen.trainer.pipeline import (
     score_cross_validation,
     select_subset,
 )
-from skinscreen.trainer.report import plot_embedding, time_section
+from skinscreen.trainer.report import heading_section, plot_embedding, time_section
 from skinscreen.trainer.training import Trainer, load_images
 
 log = logging.getLogger(__name__)
@@ -336,13 +336,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     paper = report["paper_best"]
     lines = [
-        "# The fusion paper's experiments on PAD-UFES-20",
-        "",
-        "Produced by:",
-        "",
-        "```sh",
-        report["command"],
-        "```",
+        *heading_section("The fusion paper's experiments on PAD-UFES-20", report["command"]),
         "",
         f"Data: {data['photos']} photos of {data['patients']} patients ({data['cancer']} "
         f"cancers); {data['skipped_missing_image']} metadata rows skipped for a missing photo. "

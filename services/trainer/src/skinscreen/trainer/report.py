@@ -229,6 +229,11 @@ def plot_embedding(path: Path, points: np.ndarray, labels: np.ndarray, title: st
     plt.close(figure)
 
 
+def heading_section(title: str, command: str) -> list[str]:
+    """A report's title and the command that produced it, in Markdown."""
+    return [f"# {title}", "", "Produced by:", "", "```sh", command, "```"]
+
+
 def time_section(timings_s: dict[str, float]) -> list[str]:
     """A report's "Time" section in Markdown: one line per timed part, e.g. `- total: 824 s`."""
     return [
