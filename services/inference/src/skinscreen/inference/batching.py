@@ -30,7 +30,7 @@ from skinscreen.runtime.database import create_pool
 
 from . import metrics, store
 from .active_model import ActiveModel
-from .model import LoadedModel
+from .model import Decision, LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Batcher:
         model = self.models.current
         keep_serving = False
         for attempt in range(1, MAX_RESCORES + 1):
-            record, inference_ms = await self._score(model, todo, clinical, keep_serving)
+            record, inference_ms, decisions = await self._score(model, todo, clinical, keep_serving)
             if record.version_active:
                 break
             newer = await self.models.refresh()
@@ -190,6 +190,14 @@ class Batcher:
             model_version=model.version,
             written=record.written,
         )
+        metrics.observe_decisions(
+            model_version=model.version,
+            reasons=[
+                decision.reasons
+                for item, decision in zip(todo, decisions, strict=True)
+                if item.screening_id in record.written_ids
+            ],
+        )
         logger.info(
             "batch %d: %d screenings, %d written by %s, %.1f ms",
             record.batch_id,
@@ -203,7 +211,7 @@ class Batcher:
 
     async def _score(
         self, model: LoadedModel, todo: list[_Item], clinical: np.ndarray, keep_serving: bool
-    ) -> tuple[store.BatchRecord, float]:
+    ) -> tuple[store.BatchRecord, float, list[Decision]]:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         images = np.stack([
@@ -212,17 +220,21 @@ class Batcher:
             for item in todo
         ])  # fmt: skip
         started = time.perf_counter()
-        probabilities = await loop.run_in_executor(self._inference, model.predict, images, clinical)
+        prediction = await loop.run_in_executor(self._inference, model.predict, images, clinical)
         inference_ms = (time.perf_counter() - started) * 1000.0
+        # The card's rule: suspicious when the cancer or the melanoma threshold is reached.
+        decisions = model.decide(prediction)
         record = await store.record_batch(
             self._pool,
             [item.screening_id for item in todo],
-            probabilities,
+            prediction.cancer,
+            decisions,
             threshold=model.threshold,
+            melanoma_threshold=model.melanoma_threshold,
             model_name=model.name,
             model_version=model.version,
             provider=model.provider,
             inference_ms=inference_ms,
             keep_serving=keep_serving,
         )
-        return record, inference_ms
+        return record, inference_ms, decisions

@@ -7,7 +7,8 @@ the work happens. Each metric's help text says where it is observed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import Counter, Histogram, Info, start_http_server
 
@@ -32,6 +33,14 @@ SCREENINGS_SCORED = Counter(
     "skinscreen_inference_screenings_scored_total",
     "Screenings whose result was written to PostgreSQL, by the model version that scored them.",
     ["model_version"],
+)
+SUSPICIOUS = Counter(
+    "skinscreen_inference_suspicious_total",
+    "Screenings written as suspicious, by model version and the rules of the model card's "
+    "decision rule that fired: reasons is cancer_probability, melanoma_probability, or "
+    "cancer_probability+melanoma_probability when both did; summed over reasons, the "
+    "suspicious screenings. Observed once per batch written; counts only, no health data.",
+    ["model_version", "reasons"],
 )
 MODEL = Info(
     "skinscreen_inference_model",
@@ -59,6 +68,12 @@ def observe_batch(
         QUEUE_WAIT.observe(seconds)
     MODEL_DURATION.observe(model_s)
     SCREENINGS_SCORED.labels(model_version).inc(written)
+
+
+def observe_decisions(*, model_version: str, reasons: Iterable[Sequence[str]]) -> None:
+    """Count the suspicious screenings of a batch written, each under the rules that fired."""
+    for fired, count in Tally("+".join(each) for each in reasons if each).items():
+        SUSPICIOUS.labels(model_version, fired).inc(count)
 
 
 def model_loaded(*, name: str, version: str, provider: str) -> None:
