@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,10 +32,41 @@ class ScreeningAccepted(BaseModel):
     links: Links
 
 
+# The six diagnoses a model may output, in the order of its diagnosis_probabilities
+# (skinscreen.core.pad_ufes.DIAGNOSES; a test pins the two together).
+PredictedDiagnosis = Literal["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+# The rules of the decision rule, as skinscreen.core.decision.Reason names them.
+Reason = Literal["cancer_probability", "melanoma_probability"]
+
+
+class DiagnosisProbability(BaseModel):
+    diagnosis: PredictedDiagnosis = Field(
+        description="ACK, BCC, MEL, NEV, SCC or SEK; BCC, MEL and SCC are the cancers."
+    )
+    probability: float = Field(ge=0.0, le=1.0)
+
+
 class ScreeningResult(BaseModel):
-    cancer_probability: float = Field(ge=0.0, le=1.0, description="P(skin cancer) from the model.")
-    suspicious: bool = Field(description="cancer_probability >= threshold: refer to a specialist.")
-    threshold: float = Field(description="The model's decision threshold, tuned for recall.")
+    cancer_probability: float = Field(
+        ge=0.0, le=1.0, description="P(skin cancer) from the model: P(BCC) + P(MEL) + P(SCC)."
+    )
+    suspicious: bool = Field(
+        description="Refer to a specialist: cancer_probability >= threshold, or the melanoma "
+        "probability >= melanoma_threshold (the model card's decision rule)."
+    )
+    reasons: list[Reason] = Field(
+        description="The rules that fired: cancer_probability (cancer_probability >= "
+        "threshold), melanoma_probability (P(MEL) >= melanoma_threshold); empty when not "
+        "suspicious."
+    )
+    threshold: float = Field(description="The model's cancer threshold, tuned for recall.")
+    melanoma_threshold: float | None = Field(
+        description="The model's melanoma threshold; null for a model without one."
+    )
+    diagnoses: list[DiagnosisProbability] | None = Field(
+        description="Each of the six diagnoses with its probability, in the order ACK, BCC, "
+        "MEL, NEV, SCC, SEK; null for a model that does not output them."
+    )
     model_version: str = Field(description="Version of the published model that answered.")
 
 
@@ -102,7 +133,17 @@ class ModelVersionOut(BaseModel):
     cross_validation: dict[str, dict[str, float]] = Field(
         description="Patient-grouped k-fold metrics at its threshold: {metric: {mean, std}}."
     )
-    decision_threshold: float
+    decision_threshold: float = Field(
+        description="The cancer threshold: suspicious when cancer_probability reaches it."
+    )
+    melanoma_threshold: float | None = Field(
+        description="Also suspicious when the melanoma probability reaches it; null for a "
+        "version without a melanoma rule."
+    )
+    outputs: list[str] = Field(
+        description="The ONNX graph's outputs: cancer_probability, and "
+        "diagnosis_probabilities for a model that outputs the six diagnoses."
+    )
 
 
 class ModelVersionList(BaseModel):

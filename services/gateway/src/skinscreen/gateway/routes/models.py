@@ -49,6 +49,9 @@ def _out(version: registry.ModelVersion) -> ModelVersionOut:
         training_run_id=version.training_run_id,
         cross_validation=version.card.get("cross_validation", {}),
         decision_threshold=version.card["decision_threshold"]["value"],
+        # Cards from before the melanoma rule carry neither field: one output, no rule.
+        melanoma_threshold=(version.card.get("melanoma_threshold") or {}).get("value"),
+        outputs=version.card.get("outputs", ["cancer_probability"]),
     )
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from skinscreen.core.clinical import ClinicalInput
+from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, declare_model_queue
 
 from ..deps import ServicesDep
@@ -25,8 +26,10 @@ from ..errors import OBJECT_DESCRIPTION, clinical_errors
 from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
 from ..schemas import (
     TERMINAL,
+    DiagnosisProbability,
     FieldError,
     Links,
+    PredictedDiagnosis,
     Problem,
     Screening,
     ScreeningAccepted,
@@ -43,7 +46,8 @@ PREFIX: Final = "/v1/screenings"
 FORM_FIELDS: Final = frozenset({"image", "clinical", "model"})
 COLUMNS: Final = (
     "id, status, model_name, clinical, created_at, updated_at, completed_at, cancer_probability,"
-    " suspicious, threshold, model_version, failure_reason"
+    " suspicious, reasons, threshold, melanoma_threshold, diagnosis_probabilities,"
+    " model_version, failure_reason"
 )
 
 router = APIRouter(prefix=PREFIX, tags=["screenings"])
@@ -53,15 +57,33 @@ def _link(screening_id: UUID) -> Links:
     return Links(self=f"{PREFIX}/{screening_id}")
 
 
+def _result(row: asyncpg.Record) -> ScreeningResult:
+    reasons = row["reasons"]
+    if reasons is None:
+        # Written by a worker of the release before the melanoma rule (a rolling upgrade):
+        # it decided by the cancer threshold alone.
+        reasons = ["cancer_probability"] if row["suspicious"] else []
+    probabilities = row["diagnosis_probabilities"]
+    return ScreeningResult(
+        cancer_probability=row["cancer_probability"],
+        suspicious=row["suspicious"],
+        reasons=reasons,
+        threshold=row["threshold"],
+        melanoma_threshold=row["melanoma_threshold"],
+        diagnoses=None
+        if probabilities is None
+        else [
+            DiagnosisProbability(
+                diagnosis=cast(PredictedDiagnosis, name), probability=probabilities[name]
+            )
+            for name in DIAGNOSES
+        ],
+        model_version=row["model_version"],
+    )
+
+
 def _screening(row: asyncpg.Record) -> Screening:
-    result = None
-    if row["status"] == ScreeningStatus.DONE:
-        result = ScreeningResult(
-            cancer_probability=row["cancer_probability"],
-            suspicious=row["suspicious"],
-            threshold=row["threshold"],
-            model_version=row["model_version"],
-        )
+    result = _result(row) if row["status"] == ScreeningStatus.DONE else None
     return Screening(
         id=row["id"],
         status=row["status"],
