@@ -353,3 +353,61 @@ def test_gate_compares_recall_and_balanced_accuracy() -> None:
         True,
         "no version was active",
     )
+
+
+def gate_version(version: str, **metrics: float) -> registry.ModelVersion:
+    """A registered version whose card's cross-validation has `metrics` (means)."""
+    card = {
+        "cross_validation": {name: {"mean": mean, "std": 0.0} for name, mean in metrics.items()}
+    }
+    return registry.ModelVersion(
+        MODEL_NAME, version, "file:///x", "0" * 64, card, "candidate",
+        None, datetime.now(UTC), None, None,
+    )  # fmt: skip
+
+
+def test_gate_compares_melanoma_recall_when_both_cards_have_it() -> None:
+    active = gate_version("active", recall=0.95, balanced_accuracy=0.75, melanoma_recall=0.90)
+    same = gate_version("same", recall=0.95, balanced_accuracy=0.75, melanoma_recall=0.90)
+    promote, why = registry.promotion_decision(same, active, 0.01)
+    assert promote
+    assert "melanoma_recall 0.900 vs 0.900" in why
+    slightly = gate_version("slightly", recall=0.95, balanced_accuracy=0.75, melanoma_recall=0.895)
+    assert registry.promotion_decision(slightly, active, 0.01)[0]
+    # Better on cancer overall, but it misses melanomas the active version flags.
+    fewer = gate_version("fewer", recall=0.97, balanced_accuracy=0.80, melanoma_recall=0.80)
+    promote, why = registry.promotion_decision(fewer, active, 0.01)
+    assert not promote
+    assert "melanoma_recall 0.800 < 0.900 - 0.01" in why
+    assert "recall 0.970" not in why
+    # Every metric that is worse is named.
+    worse = gate_version("worse", recall=0.90, balanced_accuracy=0.75, melanoma_recall=0.80)
+    promote, why = registry.promotion_decision(worse, active, 0.01)
+    assert not promote
+    assert "recall 0.900 < 0.950" in why
+    assert "melanoma_recall 0.800 < 0.900" in why
+
+
+def test_gate_keeps_a_candidate_without_melanoma_recall_when_the_active_has_it() -> None:
+    active = gate_version("active", recall=0.95, balanced_accuracy=0.75, melanoma_recall=0.90)
+    # Better on both cancer figures, but a one-output model (or an older card) cannot show
+    # that it flags melanomas as well.
+    candidate = gate_version("old-style", recall=0.99, balanced_accuracy=0.90)
+    promote, why = registry.promotion_decision(candidate, active, 0.01)
+    assert not promote
+    assert "active version active has a cross-validated melanoma_recall" in why
+    assert "the candidate's card has none" in why
+
+
+def test_gate_without_melanoma_recall_on_the_active_card_compares_the_rest() -> None:
+    """An active version from before the melanoma rule: the candidate's melanoma recall has
+    nothing to be compared with; recall and balanced accuracy decide."""
+    active = gate_version("active", recall=0.95, balanced_accuracy=0.75)
+    candidate = gate_version("new", recall=0.95, balanced_accuracy=0.76, melanoma_recall=0.5)
+    promote, why = registry.promotion_decision(candidate, active, 0.01)
+    assert promote
+    assert "melanoma_recall" not in why
+    worse = gate_version("new-worse", recall=0.90, balanced_accuracy=0.76, melanoma_recall=1.0)
+    promote, why = registry.promotion_decision(worse, active, 0.01)
+    assert not promote
+    assert "recall 0.900 < 0.950" in why

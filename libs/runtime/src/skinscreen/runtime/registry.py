@@ -25,9 +25,13 @@ from .artifacts import ArtifactStore, fetch_model, read_card
 # Redis pub/sub channel; the message is {"name": ..., "version": ...} of the new active version.
 ACTIVATIONS_CHANNEL: Final = "skinscreen:model-activations"
 
-# The metrics the promotion gate compares: recall first (a missed cancer is the worst
-# error), then balanced accuracy.
+# The metrics the promotion gate compares, each the card's cross-validated figure of its
+# decision rule (both thresholds) on patients that did not choose the thresholds: recall
+# first (a missed cancer is the worst error), then balanced accuracy.
 GATED_METRICS: Final = ("recall", "balanced_accuracy")
+# Compared too once the active version's card carries it: the share of melanomas the rule
+# flags. A candidate without it cannot show that it finds melanomas as well.
+MELANOMA_RECALL: Final = "melanoma_recall"
 
 VersionStatus = Literal["candidate", "active", "retired"]
 Action = Literal["promote", "rollback"]
@@ -305,13 +309,24 @@ def promotion_decision(
 ) -> tuple[bool, str]:
     """The promotion gate: (promote?, why) for a candidate against the active version.
 
-    Promote only when neither cross-validated recall nor balanced accuracy is
-    worse than the active version's by more than `tolerance`.
+    Promote only when neither cross-validated recall nor balanced accuracy (of
+    each card's decision rule) is worse than the active version's by more than
+    `tolerance`; nor melanoma recall, when the active version's card has it. A
+    candidate without melanoma recall is kept when the active version has it.
     """
     if active is None:
         return True, "no version was active"
+    gated = list(GATED_METRICS)
+    if active.metric(MELANOMA_RECALL) is not None:
+        if candidate.metric(MELANOMA_RECALL) is None:
+            return False, (
+                f"kept as candidate: active version {active.version} has a cross-validated "
+                f"{MELANOMA_RECALL} and the candidate's card has none, so it cannot show that "
+                "it flags melanomas as well"
+            )
+        gated.append(MELANOMA_RECALL)
     worse = []
-    for metric in GATED_METRICS:
+    for metric in gated:
         new, old = candidate.metric(metric), active.metric(metric)
         if new is None:
             return False, f"the candidate's card has no cross-validated {metric}"
@@ -324,7 +339,7 @@ def promotion_decision(
         )
     summary = ", ".join(
         f"{metric} {candidate.metric(metric):.3f} vs {active.metric(metric) or float('nan'):.3f}"
-        for metric in GATED_METRICS
+        for metric in gated
     )
     return True, f"not worse than version {active.version} beyond {tolerance:g}: {summary}"
 
