@@ -193,6 +193,10 @@ metrics.serve(int(sys.argv[1]))
 metrics.model_loaded(name="skinscreen-fusion", version="v1", provider="CUDAExecutionProvider")
 metrics.observe_batch(size=3, queue_wait_s=[0.2, 0.3, 0.4], model_s=0.05, model_version="v1",
                       written=3)
+metrics.observe_decisions(model_version="v1", reasons=[
+    ("cancer_probability",), (), ("cancer_probability", "melanoma_probability"),
+    ("melanoma_probability",), ("melanoma_probability",),
+])
 metrics.model_load_failed()
 metrics.model_loaded(name="skinscreen-fusion", version="v2", provider="CUDAExecutionProvider")
 print("observed", flush=True)
@@ -254,6 +258,13 @@ def test_inference_metric_helpers_serve_what_they_observed() -> None:
         assert scrape.value("skinscreen_inference_model_duration_seconds_count") == 1
         scored = "skinscreen_inference_screenings_scored_total"
         assert scrape.value(scored, model_version="v1") == 3
+        # Suspicious results by the rules that fired; the one not suspicious is not counted.
+        suspicious = "skinscreen_inference_suspicious_total"
+        assert scrape.value(suspicious, model_version="v1", reasons="cancer_probability") == 1
+        assert scrape.value(suspicious, model_version="v1", reasons="melanoma_probability") == 2
+        both = "cancer_probability+melanoma_probability"
+        assert scrape.value(suspicious, model_version="v1", reasons=both) == 1
+        assert scrape.value(suspicious) == 4
         assert scrape.value("skinscreen_inference_model_load_failures_total") == 1
         # After a hot swap only the new version is announced.
         (info,) = scrape.labels("skinscreen_inference_model_info")

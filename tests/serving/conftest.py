@@ -11,6 +11,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import numpy as np
+import onnxruntime as ort
 import pytest
 from redis import Redis
 
-from skinscreen.core.clinical import ClinicalInput
-from skinscreen.core.pad_ufes import load_pad_ufes
+from skinscreen.core.card import ModelCard, read_card
+from skinscreen.core.clinical import ClinicalInput, encode_many
+from skinscreen.core.decision import DecisionRule
+from skinscreen.core.imaging import load_and_preprocess
+from skinscreen.core.pad_ufes import DIAGNOSES, load_pad_ufes
 from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from skinscreen.runtime.stack import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
@@ -100,6 +106,26 @@ def model_store() -> Path:
     store = REPO / "models"
     assert any((store / MODEL_NAME).glob("*/card.json")), f"no {MODEL_NAME} shipped in {store}"
     return store
+
+
+@pytest.fixture(scope="session")
+def dual_output_model(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published model with both outputs (cancer_probability, diagnosis_probabilities),
+    trained now by the real trainer: a smoke run on 60 real photos, 2 folds, 1 epoch."""
+    root = tmp_path_factory.mktemp("dual-output")
+    trained = subprocess.run(
+        [
+            sys.executable, "-m", "skinscreen.trainer.cli", "train",
+            "--data", str(pad_ufes_dir), "--target", "diagnosis", "--max-samples", "60",
+            "--folds", "2", "--epochs", "1", "--ensemble", "1", "--views", "1",
+            "--runs", str(root / "runs"), "--store", str(root / "store"),
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-4000:]
+    (published,) = (root / "store" / MODEL_NAME).iterdir()
+    assert read_card(published).outputs == ("cancer_probability", "diagnosis_probabilities")
+    return published
 
 
 @pytest.fixture(scope="session")
@@ -331,3 +357,43 @@ def lifecycle(
     finally:
         gateway.stop()
         worker.stop()
+
+
+@dataclass
+class DirectRun:
+    """A published model run straight through ONNX Runtime on the photos a test submits."""
+
+    cancer: np.ndarray  # [N]
+    diagnoses: np.ndarray | None  # [N, 6] in the order of DIAGNOSES, or None
+
+
+def direct_run(model_path: Path, card: ModelCard, photos: list[Photo]) -> DirectRun:
+    """The card's outputs for the same preprocessed input the worker feeds the model."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    images = np.stack([load_and_preprocess(photo.path, card.input_size) for photo in photos])
+    feeds = {"image": images, "clinical": encode_many([photo.clinical for photo in photos])}
+    outputs = session.run(list(card.outputs), {name: feeds[name] for name in card.inputs})
+    return DirectRun(np.asarray(outputs[0]), np.asarray(outputs[1]) if card.has_diagnoses else None)
+
+
+def check_result(result: dict[str, Any], card: ModelCard, direct: DirectRun, index: int) -> None:
+    """A served result is the direct run's (within 1e-5) under the card's decision rule.
+
+    Its reasons are the rule applied to the probabilities it reports, so a probability a
+    hair's breadth from a threshold cannot make the check flaky.
+    """
+    assert result["model_version"] == card.version
+    assert abs(result["cancer_probability"] - float(direct.cancer[index])) <= 1e-5
+    assert result["threshold"] == card.decision_threshold.value
+    melanoma = card.melanoma_threshold
+    assert result["melanoma_threshold"] == (None if melanoma is None else melanoma.value)
+    served = None
+    if direct.diagnoses is None:
+        assert result["diagnoses"] is None
+    else:
+        assert [item["diagnosis"] for item in result["diagnoses"]] == list(DIAGNOSES)
+        served = np.array([item["probability"] for item in result["diagnoses"]])
+        np.testing.assert_allclose(served, direct.diagnoses[index], atol=1e-5)
+    reasons = DecisionRule.from_card(card).reasons(result["cancer_probability"], served)
+    assert result["reasons"] == list(reasons)
+    assert result["suspicious"] == bool(reasons)

@@ -65,7 +65,7 @@ def test_png_webp_and_heic_with_exif_orientation(
     assert np.abs(pixels.astype(int) - upright.astype(int)).mean() < 8
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     (expected,) = session.run(
-        None, {"image": pixels[None], "clinical": encode(photo.clinical)[None]}
+        ["cancer_probability"], {"image": pixels[None], "clinical": encode(photo.clinical)[None]}
     )
     assert abs(result["result"]["cancer_probability"] - float(expected[0])) <= 1e-5
 
