@@ -111,12 +111,13 @@ def model_store() -> Path:
 @pytest.fixture(scope="session")
 def dual_output_model(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A published model with both outputs (cancer_probability, diagnosis_probabilities),
-    trained now by the real trainer: a smoke run on 60 real photos, 2 folds, 1 epoch."""
+    trained now by the real trainer: a smoke run on 120 real photos, 2 folds, 1 epoch (with
+    fewer, a fold may hold no melanoma to choose the melanoma threshold on)."""
     root = tmp_path_factory.mktemp("dual-output")
     trained = subprocess.run(
         [
             sys.executable, "-m", "skinscreen.trainer.cli", "train",
-            "--data", str(pad_ufes_dir), "--target", "diagnosis", "--max-samples", "60",
+            "--data", str(pad_ufes_dir), "--target", "diagnosis", "--max-samples", "120",
             "--folds", "2", "--epochs", "1", "--ensemble", "1", "--views", "1",
             "--runs", str(root / "runs"), "--store", str(root / "store"),
         ],

@@ -290,3 +290,28 @@ def test_a_card_declaring_an_output_its_graph_lacks_is_not_served(model_store: P
     )
     with pytest.raises(ModelOutputsError, match="missing \\['diagnosis_probabilities'\\]"):
         load_model(data, claims_more)
+
+
+def test_a_result_written_by_the_previous_release_reads_by_its_cancer_rule(
+    lifecycle: Lifecycle, photos: list[Photo]
+) -> None:
+    """During a rolling upgrade a worker of the release before the melanoma rule writes no
+    reasons, diagnoses or melanoma threshold; the gateway reads its verdict as the cancer
+    rule's, which is the only rule that worker knew."""
+    (screening,) = screen(lifecycle, photos[4:5])
+    lifecycle.database.fetch(
+        "UPDATE screenings SET reasons = NULL, diagnosis_probabilities = NULL,"
+        " melanoma_threshold = NULL, suspicious = true WHERE id = $1::uuid RETURNING id",
+        screening["id"],
+    )
+    result = httpx.get(f"{lifecycle.url}/v1/screenings/{screening['id']}").json()["result"]
+    assert result["suspicious"] is True
+    assert result["reasons"] == CANCER_ONLY
+    assert result["diagnoses"] is None
+    assert result["melanoma_threshold"] is None
+    lifecycle.database.fetch(
+        "UPDATE screenings SET suspicious = false WHERE id = $1::uuid RETURNING id",
+        screening["id"],
+    )
+    result = httpx.get(f"{lifecycle.url}/v1/screenings/{screening['id']}").json()["result"]
+    assert (result["suspicious"], result["reasons"]) == (False, [])
