@@ -16,9 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_FILE: Final = "model.onnx"
+Output = Literal["cancer_probability", "diagnosis_probabilities"]
+# The graph's outputs in the contract's order; a model has the first, or both.
+OUTPUTS: Final[tuple[Output, ...]] = ("cancer_probability", "diagnosis_probabilities")
 CARD_FILE: Final = "card.json"
 
 
@@ -27,10 +30,43 @@ class MetricSummary(BaseModel):
     std: float
 
 
+class Estimate(BaseModel):
+    """A measured rate with its 95 % interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int | None = Field(None, description="How many photos the rate is over, when it is one.")
+
+
 class DecisionThreshold(BaseModel):
     value: float = Field(ge=0.0, le=1.0)
     method: str = Field(description="'recall' (reach a recall target) or 'fbeta'.")
     description: str
+    # Cards written before thresholds were chosen inside training folds carry neither.
+    recall_target: float | None = Field(None, description="The recall it was chosen to reach.")
+    recall: Estimate | None = Field(
+        None,
+        description="The recall the decision rule reached on patients whose folds did not "
+        "choose its thresholds (nested cross-validation).",
+    )
+
+
+class OutOfSample(BaseModel):
+    """What a new patient can expect: nested, repeated, patient-grouped cross-validation."""
+
+    method: str
+    repeats: int
+    folds: int
+    metrics: dict[str, Estimate] = Field(
+        description="Cancer vs not under the decision rule (roc_auc, recall, specificity, "
+        "balanced_accuracy, precision), pooled over repeats, with 95 % intervals."
+    )
+    flagged_by_diagnosis: dict[str, Estimate] = Field(
+        description="Share of each diagnosis' photos the rule called suspicious: the recall "
+        "of a cancer, one minus the specificity of a benign diagnosis (patient bootstrap "
+        "intervals)."
+    )
 
 
 class ModelCard(BaseModel):
@@ -49,7 +85,21 @@ class ModelCard(BaseModel):
     use_clinical: bool
     balancing: str
     training_mode: str
-    decision_threshold: DecisionThreshold
+    decision_threshold: DecisionThreshold = Field(
+        description="The cancer threshold: suspicious when cancer_probability reaches it."
+    )
+    melanoma_threshold: DecisionThreshold | None = Field(
+        None,
+        description="Also suspicious when the melanoma probability reaches it; only for a "
+        "model with the diagnosis_probabilities output.",
+    )
+    outputs: tuple[Output, ...] = Field(
+        ("cancer_probability",),
+        min_length=1,
+        description="The ONNX graph's outputs, cancer_probability first; "
+        "diagnosis_probabilities is float32 [N, 6] in the order of DIAGNOSES.",
+    )
+    out_of_sample: OutOfSample | None = None
     data_fingerprint: str
     data_description: str
     cross_validation: dict[str, MetricSummary] = Field(
@@ -75,6 +125,24 @@ class ModelCard(BaseModel):
                 "['image'] or ['image', 'clinical']"
             )
         return inputs
+
+    @model_validator(mode="after")
+    def _melanoma_rule_needs_diagnoses(self) -> ModelCard:
+        if self.outputs[0] != "cancer_probability" or len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(
+                f"outputs {list(self.outputs)} must start with 'cancer_probability' and name "
+                "each output once"
+            )
+        if self.melanoma_threshold is not None and "diagnosis_probabilities" not in self.outputs:
+            raise ValueError(
+                "melanoma_threshold needs the diagnosis_probabilities output, which this "
+                f"model's outputs {list(self.outputs)} lack"
+            )
+        return self
+
+    @property
+    def has_diagnoses(self) -> bool:
+        return "diagnosis_probabilities" in self.outputs
 
 
 class ModelIntegrityError(RuntimeError):

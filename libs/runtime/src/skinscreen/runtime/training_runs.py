@@ -26,7 +26,9 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: Final = frozenset({"succeeded", "failed", "cancelled"})
 
 # The trainer's choices; tests/test_training_runs_contract.py pins them to the trainer's own.
-Backbone = Literal["efficientnet-lite0", "resnet50", "simple-cnn"]
+Backbone = Literal[
+    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "simple-cnn"
+]
 Balancing = Literal["weighted", "de-mutation", "none"]
 
 

@@ -23,14 +23,15 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
-from skinscreen.core.pad_ufes import DataError, load_pad_ufes
+from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
+from skinscreen.core.pad_ufes import DIAGNOSES, DataError, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.dermoscopy_backbone import (
     LITE0_COMPARISON_OPTIONS,
     compare_backbone,
 )
 from skinscreen.trainer.dermoscopy_experiments import DermoscopyConfig, run_dermoscopy
-from skinscreen.trainer.evaluation import binary_metrics
+from skinscreen.trainer.evaluation import flag_metrics
 from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
 from skinscreen.trainer.fusion_experiments import (
     FIXED_BY_EXPERIMENTS,
@@ -138,22 +139,24 @@ def command_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     store = None if args.no_publish else Path(args.store)
     result = run_training(config, Path(args.runs), store)
-    summary = result.cross_validation.summary
     print(f"run folder: {result.run_dir}")
     print(f"report:     {result.run_dir / 'report.md'}")
     if result.published is not None:
         print(f"published:  {result.published}")
+    metrics, flagged = result.estimates.metrics, result.estimates.flagged_by_diagnosis
     print(
-        "cross-validated (mean ± std over folds): "
+        "nested cross-validation (95 % patient bootstrap intervals): "
         + ", ".join(
-            f"{key} {summary[key]['mean']:.3f} ± {summary[key]['std']:.3f}"
-            for key in ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision")
+            f"{key} {metrics[key].value:.3f} ({metrics[key].low:.3f}-{metrics[key].high:.3f})"
+            for key in ("roc_auc", "recall", "specificity", "balanced_accuracy")
         )
     )
     print(
-        f"decision threshold: {result.cross_validation.threshold.value:.4f} "
-        f"({result.cross_validation.threshold.description})"
+        "called suspicious, by diagnosis: "
+        + ", ".join(f"{key} {value.value:.3f}" for key, value in flagged.items())
     )
+    melanoma = "none" if result.rule.melanoma is None else f"{result.rule.melanoma:.4f}"
+    print(f"thresholds: cancer {result.rule.cancer:.4f}, melanoma {melanoma}")
     print(f"total time: {result.timings['total_s']:.0f} s")
     return 0
 
@@ -171,28 +174,39 @@ def command_evaluate(args: argparse.Namespace) -> int:
     images = load_images(dataset, card.input_size).numpy()
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     clinical = dataset.clinical
-    probabilities = np.concatenate(
-        [
-            session.run(
-                ["cancer_probability"],
-                {"image": images[start : start + 64], "clinical": clinical[start : start + 64]},
-            )[0]
-            for start in range(0, len(images), 64)
-        ]
+    batches = [
+        session.run(
+            list(card.outputs),
+            {"image": images[start : start + 64], "clinical": clinical[start : start + 64]},
+        )
+        for start in range(0, len(images), 64)
+    ]
+    probabilities = np.concatenate([batch[0] for batch in batches])
+    diagnoses = np.concatenate([batch[1] for batch in batches]) if card.has_diagnoses else None
+    rule = DecisionRule.from_card(card)
+    flagged = rule.suspicious(
+        probabilities, None if diagnoses is None else diagnoses[:, MELANOMA_INDEX]
     )
-    metrics = binary_metrics(
-        dataset.labels,
-        probabilities,
-        card.decision_threshold.value,
-        tuple(float(beta) for beta in args.betas.split(",")),
+    metrics = flag_metrics(
+        dataset.labels, probabilities, flagged, tuple(float(beta) for beta in args.betas.split(","))
     )
+    by_diagnosis = {
+        diagnosis: {
+            "photos": int(rows.sum()),
+            "called_suspicious": int(flagged[rows].sum()),
+        }
+        for index, diagnosis in enumerate(DIAGNOSES)
+        if (rows := dataset.diagnosis_indices == index).any()
+    }
     print(
         json.dumps(
             {
                 "model": f"{card.name}/{card.version}",
                 "photos": len(dataset),
-                "threshold": card.decision_threshold.value,
+                "threshold": rule.cancer_threshold,
+                "melanoma_threshold": rule.melanoma_threshold,
                 "metrics": metrics,
+                "by_diagnosis": by_diagnosis,
             },
             indent=2,
         )

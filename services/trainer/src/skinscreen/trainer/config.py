@@ -15,6 +15,7 @@ from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS, TrainingReque
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.evaluation import ThresholdMethod
 from skinscreen.trainer.model import BackboneName, ModelSpec, TargetName
+from skinscreen.trainer.validation import RuleTargets
 
 DEFAULT_MODEL_NAME = "skinscreen-fusion"
 
@@ -44,10 +45,12 @@ class TrainConfig(BaseModel):
     hidden_units: Annotated[int, Field(ge=1)] = 64
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
 
-    mode: Literal["cached", "full"] = Field(
-        "cached",
-        description="cached: frozen backbone trunk on cached augmented views, last 1x1 conv "
-        "and head trained (CPU, minutes); full: the whole network fine-tuned (GPU).",
+    mode: Literal["features", "cached", "full"] = Field(
+        "features",
+        description="features: the ImageNet backbone frozen, its pooled features cached on "
+        "augmented views, the fusion head trained (CPU, seconds per fit); cached: as features "
+        "but the last 1x1 conv trained too (CPU, ten times slower); full: the whole network "
+        "fine-tuned (GPU).",
     )
     views: Annotated[int, Field(ge=1, le=64)] = Field(
         8, description="Augmented views cached per photo (cached mode)."
@@ -70,10 +73,22 @@ class TrainConfig(BaseModel):
     epochs: Annotated[int, Field(ge=1)] = 20
     batch_size: Annotated[int, Field(ge=2)] = 32
 
-    folds: Annotated[int, Field(ge=2)] = 5
+    folds: Annotated[int, Field(ge=2)] = Field(
+        5, description="Outer folds, and inner folds within each outer training set."
+    )
+    repeats: Annotated[int, Field(ge=1, le=10)] = Field(
+        3, description="Outer cross-validations with different patient splits."
+    )
     seed: int = 0
     threshold_method: ThresholdMethod = "recall"
-    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.95, description="Cancer recall the cancer threshold is chosen to reach."
+    )
+    melanoma_recall_target: Annotated[float | None, Field(gt=0.0, le=1.0)] = Field(
+        0.95,
+        description="Melanoma recall the melanoma threshold is chosen to reach (target "
+        "'diagnosis' only); none: no melanoma rule.",
+    )
     threshold_beta: Annotated[float, Field(gt=0.0)] = 1.0
     report_betas: tuple[float, ...] = (1.0, 3.0, 5.0, 7.0, 10.0)
     max_samples: Annotated[int | None, Field(ge=20)] = Field(
@@ -88,6 +103,11 @@ class TrainConfig(BaseModel):
         if self.resnet_weights is not None and not self.resnet_weights.is_file():
             raise ValueError(f"resnet_weights file {self.resnet_weights} does not exist")
         return self
+
+    @property
+    def rule_targets(self) -> RuleTargets:
+        melanoma = self.melanoma_recall_target if self.target == "diagnosis" else None
+        return RuleTargets(self.recall_target, melanoma)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(

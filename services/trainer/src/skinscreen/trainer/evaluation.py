@@ -8,6 +8,7 @@ the reported recall is not the recall the threshold was fitted to.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +45,15 @@ def binary_metrics(
     labels: np.ndarray, probabilities: np.ndarray, threshold: float, betas: tuple[float, ...]
 ) -> dict[str, float | list[list[int]]]:
     """Cancer-vs-not metrics at `threshold` (probability >= threshold means suspicious)."""
-    predicted = (probabilities >= threshold).astype(np.int64)
+    return flag_metrics(labels, probabilities, probabilities >= threshold, betas)
+
+
+def flag_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, flagged: np.ndarray, betas: tuple[float, ...]
+) -> dict[str, float | list[list[int]]]:
+    """Cancer-vs-not metrics of suspicious calls `flagged` (from any rule); ROC AUC from the
+    cancer `probabilities`."""
+    predicted = flagged.astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     metrics: dict[str, float | list[list[int]]] = {
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
@@ -137,7 +146,9 @@ def fbeta_at(
     return scores
 
 
-def summarise(per_fold: list[dict[str, float | list[list[int]]]]) -> dict[str, dict[str, float]]:
+def summarise(
+    per_fold: Sequence[Mapping[str, float | list[list[int]]]],
+) -> dict[str, dict[str, float]]:
     """Mean and standard deviation of every scalar metric across folds."""
     summary: dict[str, dict[str, float]] = {}
     for key, value in per_fold[0].items():

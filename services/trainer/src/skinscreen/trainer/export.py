@@ -1,10 +1,12 @@
 """ONNX export that checks itself before anything is published.
 
 The graph follows the model contract: `image` uint8 [N, S, S, 3] and
-`clinical` float32 [N, 22] in, `cancer_probability` float32 [N] out, batch
-size dynamic. An image-only model of its own kind (the dermoscopy network)
-takes `image` alone. Every export must pass `onnx.checker` and agree with
-PyTorch on real inputs to 1e-4, or export fails.
+`clinical` float32 [N, 22] in, `cancer_probability` float32 [N] out, and for
+a model that learns the diagnoses `diagnosis_probabilities` float32 [N, 6]
+(the order of DIAGNOSES) as the second output; batch size dynamic. An
+image-only model of its own kind (the dermoscopy network) takes `image` alone.
+Every export must pass `onnx.checker` and agree with PyTorch on real inputs to
+1e-4, or export fails.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import onnxruntime as ort
 import torch
 
 from skinscreen.core.clinical import N_CLINICAL
+from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.trainer.model import ScreeningEnsemble
 
 OPSET: Final = 17
 PARITY_TOLERANCE: Final = 1e-4
 INPUT_NAMES: Final = ("image", "clinical")
 OUTPUT_NAME: Final = "cancer_probability"
+DIAGNOSIS_OUTPUT_NAME: Final = "diagnosis_probabilities"
 
 
 PARITY_ROWS: Final = 8
@@ -104,11 +108,14 @@ def export_onnx(
         raise ExportError(f"parity clinical must be [N, {N_CLINICAL}], got {list(clinical.shape)}")
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
-    trace_to_onnx(model, example, path, INPUT_NAMES, [OUTPUT_NAME])
+    trace_to_onnx(model, example, path, INPUT_NAMES, model.output_names)
     _declare_contract_inputs(path)
     with torch.inference_mode():
-        reference = model(torch.from_numpy(images), torch.from_numpy(clinical)).numpy()
-    return _verify(path, {"image": images, "clinical": clinical}, reference)
+        outputs = model(torch.from_numpy(images), torch.from_numpy(clinical))
+    references = {
+        name: value.numpy() for name, value in zip(model.output_names, outputs, strict=True)
+    }
+    return _verify(path, {"image": images, "clinical": clinical}, references)
 
 
 def export_image_only_onnx(
@@ -125,7 +132,7 @@ def export_image_only_onnx(
     trace_to_onnx(model, (torch.from_numpy(images[:2]),), path, ["image"], [OUTPUT_NAME])
     with torch.inference_mode():
         reference = model(torch.from_numpy(images)).numpy()
-    return _verify(path, {"image": images}, reference)
+    return _verify(path, {"image": images}, {OUTPUT_NAME: reference})
 
 
 def _check_parity_images(images: np.ndarray, size: int) -> None:
@@ -136,15 +143,27 @@ def _check_parity_images(images: np.ndarray, size: int) -> None:
         )
 
 
-def _verify(path: Path, feeds: dict[str, np.ndarray], reference: np.ndarray) -> float:
-    """`onnx.checker`, then ONNX Runtime against PyTorch's `reference` on the same `feeds`."""
+def _verify(path: Path, feeds: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> float:
+    """`onnx.checker`, then ONNX Runtime against PyTorch's `references` on the same `feeds`.
+
+    The graph's outputs must be exactly the referenced ones, in the contract's order
+    (cancer_probability first), with the contract's shapes.
+    """
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    served = session.run([OUTPUT_NAME], feeds)[0]
+    names = [output.name for output in session.get_outputs()]
+    if names != list(references):
+        raise ExportError(f"ONNX outputs are {names}, expected {list(references)}")
     rows = len(feeds["image"])
-    if served.shape != (rows,):
-        raise ExportError(f"ONNX output has shape {list(served.shape)}, expected [{rows}]")
-    difference = float(np.abs(served - reference).max())
+    expected_shapes = {OUTPUT_NAME: (rows,), DIAGNOSIS_OUTPUT_NAME: (rows, len(DIAGNOSES))}
+    difference = 0.0
+    for name, served in zip(names, session.run(names, feeds), strict=True):
+        if served.shape != expected_shapes[name]:
+            raise ExportError(
+                f"ONNX output {name} has shape {list(served.shape)}, expected "
+                f"{list(expected_shapes[name])}"
+            )
+        difference = max(difference, float(np.abs(served - references[name]).max()))
     if difference > PARITY_TOLERANCE:
         raise ExportError(
             f"ONNX Runtime and PyTorch differ by {difference:.2e} "

