@@ -13,9 +13,9 @@ from skinscreen.trainer.export import ExportError, export_onnx
 from skinscreen.trainer.model import ModelSpec, ScreeningEnsemble, build_model
 
 
-def _ensemble(use_clinical: bool, members: int = 2) -> ScreeningEnsemble:
+def _ensemble(use_clinical: bool, members: int = 2, target: str = "diagnosis") -> ScreeningEnsemble:
     torch.manual_seed(0)
-    spec = ModelSpec(backbone="simple-cnn", image_size=48, use_clinical=use_clinical)
+    spec = ModelSpec(backbone="simple-cnn", image_size=48, use_clinical=use_clinical, target=target)
     return ScreeningEnsemble(
         [build_model(spec, pretrained=False).eval() for _ in range(members)], shared_trunk=False
     ).eval()
@@ -30,20 +30,37 @@ def _inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return images, clinical
 
 
-@pytest.mark.parametrize("use_clinical", [True, False])
-def test_export_keeps_the_contract_and_matches_pytorch(tmp_path: Path, use_clinical: bool) -> None:
-    model = _ensemble(use_clinical)
+@pytest.mark.parametrize(
+    ("use_clinical", "target", "outputs"),
+    [
+        (True, "diagnosis", [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
+        (False, "diagnosis", [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
+        (True, "cancer", [("cancer_probability", (7,))]),
+    ],
+)
+def test_export_keeps_the_contract_and_matches_pytorch(
+    tmp_path: Path, use_clinical: bool, target: str, outputs: list[tuple[str, tuple[int, ...]]]
+) -> None:
+    model = _ensemble(use_clinical, target=target)
     images, clinical = _inputs(4)
     difference = export_onnx(model, tmp_path / "model.onnx", images, clinical)
     assert difference <= 1e-4
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image", "clinical"]
+    assert [o.name for o in session.get_outputs()] == [name for name, _ in outputs]
     # A batch size never seen at export time.
     more_images, more_clinical = _inputs(7)
-    served = session.run(None, {"image": more_images, "clinical": more_clinical})[0]
+    served = session.run(None, {"image": more_images, "clinical": more_clinical})
     with torch.inference_mode():
-        expected = model(torch.from_numpy(more_images), torch.from_numpy(more_clinical)).numpy()
-    np.testing.assert_allclose(served, expected, atol=1e-5)
+        expected = model(torch.from_numpy(more_images), torch.from_numpy(more_clinical))
+    assert [value.shape for value in served] == [shape for _, shape in outputs]
+    for value, reference in zip(served, expected, strict=True):
+        np.testing.assert_allclose(value, reference.numpy(), atol=1e-5)
+    if target == "diagnosis":
+        cancer, diagnoses = served
+        # DIAGNOSES order ACK, BCC, MEL, NEV, SCC, SEK: cancer = BCC + MEL + SCC.
+        np.testing.assert_allclose(cancer, diagnoses[:, [1, 2, 4]].sum(axis=1), atol=1e-6)
+        np.testing.assert_allclose(diagnoses.sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_export_refuses_inputs_off_the_contract(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import torch
 
 from skinscreen.trainer.model import (
     BACKBONES,
-    EfficientNetLite0,
+    LITE_STAGES,
+    EfficientNetLite,
     ModelSpec,
     ScreeningEnsemble,
     build_backbone,
@@ -32,7 +33,10 @@ def test_clinical_share_outside_zero_one_is_refused(share: float) -> None:
 
 
 def test_unknown_backbone_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="efficientnet-lite0, resnet50, simple-cnn"):
+    with pytest.raises(
+        ValueError,
+        match="efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, resnet50, simple-cnn",
+    ):
         ModelSpec(backbone="vgg16")
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
         build_backbone("vgg16")
@@ -68,10 +72,11 @@ def test_image_only_model_ignores_clinical_values() -> None:
         )
 
 
-def test_lite0_imagenet_weights_load_completely() -> None:
-    pretrained = EfficientNetLite0()
+@pytest.mark.parametrize("variant", list(LITE_STAGES))
+def test_lite_imagenet_weights_load_completely(variant: str) -> None:
+    pretrained = EfficientNetLite(variant)
     pretrained.load_imagenet_weights()  # strict: every tensor of the checkpoint has a home
-    fresh = EfficientNetLite0()
+    fresh = EfficientNetLite(variant)
     assert not torch.equal(pretrained._conv_stem.weight, fresh._conv_stem.weight)
     # The checkpoint's batch-norm statistics are real ImageNet ones, not defaults.
     running_var = pretrained._bn1.running_var
@@ -79,11 +84,20 @@ def test_lite0_imagenet_weights_load_completely() -> None:
     assert not torch.allclose(running_var, torch.ones(1280))
 
 
-def test_same_padding_keeps_tensorflow_geometry() -> None:
-    model = EfficientNetLite0().eval()
+@pytest.mark.parametrize(
+    ("variant", "size", "channels"),
+    [
+        ("efficientnet-lite0", 224, 320),
+        ("efficientnet-lite1", 240, 320),
+        ("efficientnet-lite2", 260, 352),
+    ],
+)
+def test_same_padding_keeps_tensorflow_geometry(variant: str, size: int, channels: int) -> None:
+    model = EfficientNetLite(variant).eval()
     with torch.inference_mode():
-        trunk = model.trunk(torch.zeros(1, 3, 224, 224))
-    assert trunk.shape == (1, 320, 7, 7)
+        trunk = model.trunk(torch.zeros(1, 3, size, size))
+    # TF "SAME": ceil(S / 32) on every side, whatever the size.
+    assert trunk.shape == (1, channels, -(-size // 32), -(-size // 32))
 
 
 def test_ensemble_is_the_mean_of_its_members_and_shares_the_trunk() -> None:
@@ -96,11 +110,36 @@ def test_ensemble_is_the_mean_of_its_members_and_shares_the_trunk() -> None:
     clinical = torch.rand(4, 22) * 50
     with torch.inference_mode():
         each = torch.stack([member(images, clinical) for member in members])
+        classes = torch.stack(
+            [torch.softmax(member.logits(images, clinical), dim=1) for member in members]
+        )
         shared = ScreeningEnsemble(members, shared_trunk=True).eval()(images, clinical)
         separate = ScreeningEnsemble(members, shared_trunk=False).eval()(images, clinical)
-    torch.testing.assert_close(shared, each.mean(dim=0))
-    torch.testing.assert_close(separate, each.mean(dim=0))
+    for cancer, diagnoses in (shared, separate):
+        torch.testing.assert_close(cancer, each.mean(dim=0))
+        torch.testing.assert_close(diagnoses, classes.mean(dim=0))
+        # cancer = BCC + MEL + SCC, in the order ACK, BCC, MEL, NEV, SCC, SEK.
+        torch.testing.assert_close(cancer, diagnoses[:, [1, 2, 4]].sum(dim=1))
+        torch.testing.assert_close(diagnoses.sum(dim=1), torch.ones(4))
     assert not torch.allclose(each[0], each[1])  # the members really differ
+
+
+def test_ensemble_outputs_follow_the_target() -> None:
+    diagnosis = ScreeningEnsemble([build_model(ModelSpec(image_size=64), pretrained=False)], True)
+    cancer = ScreeningEnsemble(
+        [build_model(ModelSpec(image_size=64, target="cancer"), pretrained=False)], True
+    )
+    assert diagnosis.output_names == ("cancer_probability", "diagnosis_probabilities")
+    assert cancer.output_names == ("cancer_probability",)
+    images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert [tuple(output.shape) for output in diagnosis.eval()(images, torch.rand(2, 22))] == [
+            (2,),
+            (2, 6),
+        ]
+        assert [tuple(output.shape) for output in cancer.eval()(images, torch.rand(2, 22))] == [
+            (2,)
+        ]
 
 
 def test_checkpoint_describes_itself(tmp_path) -> None:
