@@ -74,7 +74,12 @@ def wait_for_run(
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        ({"backbone": "vgg16"}, "backbone", "'efficientnet-lite0', 'resnet50' or 'simple-cnn'"),
+        (
+            {"backbone": "vgg16"},
+            "backbone",
+            "'efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2', 'resnet50' or "
+            "'simple-cnn'",
+        ),
         ({"clinical_share": 1.5}, "clinical_share", "less than 1"),
         ({"clinical_share": 0}, "clinical_share", "greater than 0"),
         ({"epochs": 0}, "epochs", "greater than or equal to 1"),
