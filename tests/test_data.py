@@ -17,19 +17,20 @@ pytestmark = pytest.mark.data
 
 def test_shared_copy_loads_with_missing_photos_counted(pad_ufes_dir: Path) -> None:
     dataset = load_pad_ufes(pad_ufes_dir)
-    assert len(dataset) == 951
-    assert dataset.skipped_missing_image == 2298 - 951
+    # The counts ../shared/data/README.md gives for this copy.
+    assert len(dataset) == 1026
+    assert dataset.skipped_missing_image == 2298 - 1026
     assert dict(dataset.diagnoses) == {
-        "BCC": 312,
-        "ACK": 242,
-        "NEV": 171,
-        "SEK": 130,
-        "SCC": 60,
-        "MEL": 36,
+        "BCC": 341,
+        "ACK": 270,
+        "NEV": 173,
+        "SEK": 139,
+        "SCC": 66,
+        "MEL": 37,
     }
-    assert int(dataset.labels.sum()) == 312 + 60 + 36
-    assert dataset.clinical.shape == (951, 22)
-    assert len(set(dataset.groups)) == 715
+    assert int(dataset.labels.sum()) == 341 + 66 + 37
+    assert dataset.clinical.shape == (1026, 22)
+    assert len(set(dataset.groups)) == 748
 
 
 def test_official_png_layout_loads_unchanged(pad_ufes_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
@@ -47,6 +48,7 @@ def test_same_seed_same_model(pad_ufes_dir: Path) -> None:
     "overrides",
     [
         {"balancing": "de-mutation"},
+        {"mode": "cached"},
         {"balancing": "none", "target": "cancer", "optimizer": "sgd", "schedule": "paper"},
         {"mode": "full", "backbone": "simple-cnn", "ensemble": 1},
         {"use_clinical": False, "clinical_share": 0.5},
@@ -66,3 +68,20 @@ def test_paper_schedule_halves_then_fifths_every_20_epochs() -> None:
     assert [paper_schedule(epoch) for epoch in (0, 19, 20, 39, 40, 60)] == pytest.approx(
         [1.0, 1.0, 0.5, 0.5, 0.1, 0.05]
     )
+
+
+@pytest.mark.parametrize("mode", ["features", "cached"])
+def test_cached_predictions_are_what_the_served_graph_gives(pad_ufes_dir: Path, mode: str) -> None:
+    """The thresholds are chosen on the trainer's predictions from cached trunk maps; the
+    served graph recomputes everything from pixels. Both must give the same probabilities
+    (to the float16 rounding of the cache)."""
+    trainer = _trainer(pad_ufes_dir, mode=mode)
+    ensemble = trainer.fit(np.arange(32), seed=0, desc="fit")
+    rows = np.arange(32, 40)
+    classes = trainer.predict_classes(ensemble, rows)
+    with torch.inference_mode():
+        cancer, diagnoses = ensemble.eval()(
+            trainer.images[rows], torch.from_numpy(trainer.dataset.clinical[rows])
+        )
+    np.testing.assert_allclose(classes, diagnoses.numpy(), atol=2e-3)
+    np.testing.assert_allclose(trainer.predict(ensemble, rows), cancer.numpy(), atol=2e-3)

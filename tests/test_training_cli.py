@@ -20,7 +20,8 @@ from tests.conftest import missing_data_arguments, official_layout_copy
 
 @pytest.fixture(scope="module")
 def smoke_run(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One real, small run: 60 real photos, 5 patient-grouped folds, export, publish."""
+    """One real, small run: 60 real photos, 2 x 5 nested patient-grouped folds, export,
+    publish."""
     root = tmp_path_factory.mktemp("smoke")
     code = main(
         [
@@ -32,6 +33,8 @@ def smoke_run(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
             "--epochs",
             "3",
             "--views",
+            "2",
+            "--repeats",
             "2",
             "--runs",
             str(root / "runs"),
@@ -54,7 +57,6 @@ def test_smoke_run_writes_a_complete_run_folder(smoke_run: dict[str, Path]) -> N
         "report.json",
         "report.md",
         "roc.png",
-        "confusion_matrix.png",
         "checkpoint.pt",
         "model.onnx",
         "card.json",
@@ -62,25 +64,20 @@ def test_smoke_run_writes_a_complete_run_folder(smoke_run: dict[str, Path]) -> N
         assert (run_dir / name).is_file(), name
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["photos"] == 60
-    assert report["data"]["skipped_missing_image"] == 2298 - 951
-    assert len(report["cross_validation"]["per_fold"]) == 5
-    for key in (
-        "balanced_accuracy",
-        "recall",
-        "specificity",
-        "precision",
-        "accuracy",
-        "roc_auc",
-        "f1",
-        "f3",
-        "f5",
-        "f7",
-        "f10",
-    ):
-        assert key in report["cross_validation"]["summary"]
+    assert report["data"]["skipped_missing_image"] == 2298 - 1026
+    assert [fold["repeat"] for fold in report["folds"]] == [1] * 5 + [2] * 5
+    for fold in report["folds"]:
+        assert set(fold) >= {"cancer_threshold", "roc_auc", "recall", "melanoma_recall"}
+    out_of_sample = report["out_of_sample"]
+    assert (out_of_sample["repeats"], out_of_sample["folds"]) == (2, 5)
+    for estimate in out_of_sample["metrics"].values():
+        assert estimate["low"] <= estimate["value"] <= estimate["high"]
+    assert set(out_of_sample["flagged_by_diagnosis"]) == {"ACK", "BCC", "MEL", "NEV", "SCC", "SEK"}
     assert report["onnx_parity_max_abs_difference"] <= 1e-4
     assert json.loads((run_dir / "config.json").read_text())["max_samples"] == 60
-    assert "Cross-validation (5 folds, grouped by patient)" in (run_dir / "report.md").read_text()
+    markdown = (run_dir / "report.md").read_text()
+    assert "## What a new patient can expect" in markdown
+    assert "2 x 5-fold cross-validation grouped by patient" in markdown
 
 
 @pytest.mark.data
@@ -93,6 +90,10 @@ def test_published_model_honours_the_onnx_contract(
     assert card.n_image_features == 51
     assert card.folds == 5
     assert card.decision_threshold.method == "recall"
+    assert card.decision_threshold.recall_target == 0.95
+    assert card.out_of_sample is not None
+    assert card.decision_threshold.recall == card.out_of_sample.metrics["recall"]
+    assert card.outputs == ("cancer_probability", "diagnosis_probabilities")
     assert card.data_fingerprint.startswith("sha256:")
     assert set(card.cross_validation) >= {"roc_auc", "recall", "balanced_accuracy"}
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -100,22 +101,26 @@ def test_published_model_honours_the_onnx_contract(
     assert inputs["image"][0] == "tensor(uint8)"
     assert inputs["image"][1][1:] == [224, 224, 3]
     assert inputs["clinical"] == ("tensor(float)", [inputs["clinical"][1][0], 22])
-    (output,) = session.get_outputs()
-    assert output.name == "cancer_probability"
-    assert len(output.shape) == 1
+    cancer_output, diagnosis_output = session.get_outputs()
+    assert cancer_output.name == "cancer_probability"
+    assert len(cancer_output.shape) == 1
+    assert diagnosis_output.name == "diagnosis_probabilities"
+    assert diagnosis_output.shape[1:] == [6]
 
     # Real photos through the shared preprocessing, batch sizes 1 and 5: ONNX agrees with
     # the PyTorch checkpoint of the same run.
     dataset = load_pad_ufes(pad_ufes_dir).subset(range(5))
     images = load_images(dataset, 224).numpy()
     clinical = dataset.clinical
-    served = session.run(None, {"image": images, "clinical": clinical})[0]
-    single = session.run(None, {"image": images[:1], "clinical": clinical[:1]})[0]
-    model, _ = load_checkpoint(smoke_run["run"] / "checkpoint.pt")
+    served = session.run(None, {"image": images, "clinical": clinical})
+    single = session.run(None, {"image": images[:1], "clinical": clinical[:1]})
+    model, extra = load_checkpoint(smoke_run["run"] / "checkpoint.pt")
     with torch.inference_mode():
-        reference = model(torch.from_numpy(images), torch.from_numpy(clinical)).numpy()
-    np.testing.assert_allclose(served, reference, atol=1e-4)
-    np.testing.assert_allclose(single, served[:1], atol=1e-5)
+        reference = model(torch.from_numpy(images), torch.from_numpy(clinical))
+    for value, expected, first in zip(served, reference, single, strict=True):
+        np.testing.assert_allclose(value, expected.numpy(), atol=1e-4)
+        np.testing.assert_allclose(first, value[:1], atol=1e-5)
+    assert extra["cancer_threshold"] == card.decision_threshold.value
 
 
 @pytest.mark.data
@@ -194,7 +199,10 @@ def test_unknown_backbone_lists_the_choices(
     assert raised.value.code == 2
     error = capsys.readouterr().err
     assert "invalid choice: 'vgg16'" in error
-    assert "'efficientnet-lite0', 'resnet50', 'simple-cnn'" in error
+    assert (
+        "'efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2', 'resnet50', 'simple-cnn'"
+        in error
+    )
 
 
 @pytest.mark.data

@@ -149,13 +149,19 @@ def fbeta_at(
 def summarise(
     per_fold: Sequence[Mapping[str, float | list[list[int]]]],
 ) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation of every scalar metric across folds."""
+    """Mean and standard deviation of every scalar metric across the folds that have it.
+
+    A fold without a class has no value for its metrics (NaN: no melanoma, no recall of
+    melanoma); such folds are left out, and a metric no fold has is left out entirely.
+    """
     summary: dict[str, dict[str, float]] = {}
     for key, value in per_fold[0].items():
         if isinstance(value, list):
             continue
         values = np.array([fold[key] for fold in per_fold], dtype=np.float64)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=0))}
+        values = values[~np.isnan(values)]
+        if len(values):
+            summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=0))}
     return summary
 
 

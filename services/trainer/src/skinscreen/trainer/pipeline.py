@@ -197,12 +197,12 @@ def run_training(
     rule = final_rule(validation, config.rule_targets)
     estimates = pooled_estimates(validation, seed=config.seed)
     log.info(
-        "nested cross-validation: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f, "
-        "melanoma recall %.3f",
+        "nested cross-validation: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f; "
+        "called suspicious by diagnosis: %s",
         estimates.metrics["roc_auc"].value,
         estimates.metrics["recall"].value,
         estimates.metrics["balanced_accuracy"].value,
-        estimates.flagged_by_diagnosis["MEL"].value,
+        {key: round(value.value, 3) for key, value in estimates.flagged_by_diagnosis.items()},
     )
 
     mark = time.perf_counter()

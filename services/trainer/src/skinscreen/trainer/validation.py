@@ -318,9 +318,11 @@ def pooled_estimates(
         "balanced_accuracy": estimate("balanced_accuracy", len(cancer)),
         "precision": estimate("precision", None),
     }
+    # A diagnosis the data lacks (a small subset) has nothing to estimate.
     by_diagnosis = {
         diagnosis: estimate(f"flagged:{diagnosis}", int((cv.diagnoses == index).sum()))
         for index, diagnosis in enumerate(DIAGNOSES)
+        if (cv.diagnoses == index).any()
     }
     return PooledEstimates(metrics, by_diagnosis)
 
@@ -365,6 +367,6 @@ def rule_thresholds(
             f"recall >= {targets.melanoma_recall} on out-of-fold predictions"
         ),
         recall_target=targets.melanoma_recall,
-        recall=estimates.flagged_by_diagnosis["MEL"],
+        recall=estimates.flagged_by_diagnosis.get("MEL"),
     )
     return cancer, melanoma
