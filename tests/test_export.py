@@ -13,9 +13,17 @@ from skinscreen.trainer.export import ExportError, export_onnx
 from skinscreen.trainer.model import ModelSpec, ScreeningEnsemble, build_model
 
 
-def _ensemble(use_clinical: bool, members: int = 2, target: str = "diagnosis") -> ScreeningEnsemble:
+def _ensemble(
+    use_clinical: bool, members: int = 2, target: str = "diagnosis", test_time_views: int = 1
+) -> ScreeningEnsemble:
     torch.manual_seed(0)
-    spec = ModelSpec(backbone="simple-cnn", image_size=48, use_clinical=use_clinical, target=target)
+    spec = ModelSpec(
+        backbone="simple-cnn",
+        image_size=48,
+        use_clinical=use_clinical,
+        target=target,
+        test_time_views=test_time_views,
+    )
     return ScreeningEnsemble(
         [build_model(spec, pretrained=False).eval() for _ in range(members)], shared_trunk=False
     ).eval()
@@ -31,17 +39,27 @@ def _inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("use_clinical", "target", "outputs"),
+    ("use_clinical", "target", "test_time_views", "outputs"),
     [
-        (True, "diagnosis", [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
-        (False, "diagnosis", [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
-        (True, "cancer", [("cancer_probability", (7,))]),
+        (True, "diagnosis", 1, [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
+        (True, "diagnosis", 8, [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))]),
+        (
+            False,
+            "diagnosis",
+            4,
+            [("cancer_probability", (7,)), ("diagnosis_probabilities", (7, 6))],
+        ),
+        (True, "cancer", 2, [("cancer_probability", (7,))]),
     ],
 )
 def test_export_keeps_the_contract_and_matches_pytorch(
-    tmp_path: Path, use_clinical: bool, target: str, outputs: list[tuple[str, tuple[int, ...]]]
+    tmp_path: Path,
+    use_clinical: bool,
+    target: str,
+    test_time_views: int,
+    outputs: list[tuple[str, tuple[int, ...]]],
 ) -> None:
-    model = _ensemble(use_clinical, target=target)
+    model = _ensemble(use_clinical, target=target, test_time_views=test_time_views)
     images, clinical = _inputs(4)
     difference = export_onnx(model, tmp_path / "model.onnx", images, clinical)
     assert difference <= 1e-4

@@ -8,6 +8,7 @@ import torch
 from skinscreen.trainer.model import (
     BACKBONES,
     LITE_STAGES,
+    TEST_TIME_VIEWS,
     EfficientNetLite,
     ModelSpec,
     ScreeningEnsemble,
@@ -16,6 +17,7 @@ from skinscreen.trainer.model import (
     load_checkpoint,
     n_image_features,
     save_checkpoint,
+    symmetry_view,
 )
 
 
@@ -155,3 +157,42 @@ def test_checkpoint_describes_itself(tmp_path) -> None:
     clinical = torch.rand(2, 22)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(images, clinical), model(images, clinical))
+
+
+def test_test_time_views_are_the_square_symmetries_and_average_the_probabilities() -> None:
+    image = torch.arange(2 * 4 * 4 * 3, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = [symmetry_view(image, index, 2, 3) for index in range(len(TEST_TIME_VIEWS))]
+    # Eight distinct views of an asymmetric image, each a permutation of its pixels.
+    assert len({view.numpy().tobytes() for view in views}) == 8
+    for view in views:
+        assert torch.equal(view.sort(dim=-1)[0].sum(), image.sort(dim=-1)[0].sum())
+    # NHWC photos take the same views as NCHW tensors.
+    photos = image.permute(0, 2, 3, 1)
+    for index in range(8):
+        torch.testing.assert_close(
+            symmetry_view(photos, index, 1, 2), views[index].permute(0, 2, 3, 1)
+        )
+
+    torch.manual_seed(0)
+    spec = ModelSpec(image_size=64, test_time_views=4)
+    members = [build_model(spec, pretrained=False).eval() for _ in range(2)]
+    for member in members[1:]:
+        member.backbone.load_state_dict(members[0].backbone.state_dict())
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    clinical = torch.rand(3, 22) * 50
+    with torch.inference_mode():
+        expected = torch.stack(
+            [
+                torch.softmax(member.logits(symmetry_view(images, index, 1, 2), clinical), dim=1)
+                for member in members
+                for index in range(4)
+            ]
+        ).mean(dim=0)
+        for shared in (True, False):
+            cancer, diagnoses = ScreeningEnsemble(members, shared_trunk=shared).eval()(
+                images, clinical
+            )
+            torch.testing.assert_close(diagnoses, expected)
+            torch.testing.assert_close(cancer, expected[:, [1, 2, 4]].sum(dim=1))
+    with pytest.raises(ValueError, match="test_time_views must lie between 1 and 8, got 9"):
+        ModelSpec(test_time_views=9)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS, TrainingRequest
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.evaluation import ThresholdMethod
-from skinscreen.trainer.model import BackboneName, ModelSpec, TargetName
+from skinscreen.trainer.model import TEST_TIME_VIEWS, BackboneName, ModelSpec, TargetName
 from skinscreen.trainer.validation import RuleTargets
 
 DEFAULT_MODEL_NAME = "skinscreen-fusion"
@@ -59,6 +59,12 @@ class TrainConfig(BaseModel):
         3,
         description="Members fitted from different seeds, probabilities averaged; in cached "
         "mode they share the frozen trunk, so the served graph runs it once.",
+    )
+    test_time_views: Annotated[int, Field(ge=1, le=len(TEST_TIME_VIEWS))] = Field(
+        4,
+        description="Score each photo also flipped and rotated and average: "
+        + ", ".join(TEST_TIME_VIEWS)
+        + " (the first N); in the served graph too, which costs N times the backbone.",
     )
     balancing: Balancing = "weighted"
     # Adam with a cosine schedule measured better than the paper's SGD in cached
@@ -118,6 +124,7 @@ class TrainConfig(BaseModel):
             target=self.target,
             hidden_units=self.hidden_units,
             dropout=self.dropout,
+            test_time_views=self.test_time_views,
         )
 
 

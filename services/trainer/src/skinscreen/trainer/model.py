@@ -378,6 +378,57 @@ def build_backbone(
 
 
 # --------------------------------------------------------------------------- #
+# Test-time views: the eight symmetries of the square, exact (no resampling). A lesion
+# has no natural up, and training augments with flips and free rotation.
+# --------------------------------------------------------------------------- #
+
+TEST_TIME_VIEWS: Final = (
+    "identity",
+    "horizontal flip",
+    "vertical flip",
+    "rotation 180",
+    "rotation 90",
+    "rotation 270",
+    "transpose",
+    "anti-transpose",
+)
+
+
+def symmetry_view(x: torch.Tensor, index: int, height: int, width: int) -> torch.Tensor:
+    """View `index` of TEST_TIME_VIEWS of `x`, whose spatial dimensions are `height`, `width`
+    (2, 3 for NCHW; 1, 2 for NHWC photos)."""
+    if index == 0:
+        return x
+    if index == 1:
+        return x.flip(width)
+    if index == 2:
+        return x.flip(height)
+    if index == 3:
+        return x.flip(height).flip(width)
+    if index == 4:
+        return x.transpose(height, width).flip(height)
+    if index == 5:
+        return x.transpose(height, width).flip(width)
+    if index == 6:
+        return x.transpose(height, width)
+    return x.transpose(height, width).flip(height).flip(width)
+
+
+def stack_test_time_views(x: torch.Tensor, views: int) -> torch.Tensor:
+    """NCHW [N, ...] -> [views * N, ...]: view 0 of every photo, then view 1, ..."""
+    if views == 1:
+        return x
+    return torch.cat([symmetry_view(x, index, 2, 3) for index in range(views)])
+
+
+def mean_over_views(values: torch.Tensor, views: int) -> torch.Tensor:
+    """[views * N, ...] -> [N, ...], the mean over the views."""
+    if views == 1:
+        return values
+    return values.reshape(views, -1, *values.shape[1:]).mean(dim=0)
+
+
+# --------------------------------------------------------------------------- #
 # Fusion of image features with the clinical vector.
 # --------------------------------------------------------------------------- #
 
@@ -396,6 +447,9 @@ class ModelSpec:
     # cancer probability is the sum over BCC, MEL and SCC, a finer signal than
     # cancer/not alone; "cancer": two classes, as in the fusion paper.
     target: str = "diagnosis"
+    # Test-time views: the photo is also scored flipped and rotated (TEST_TIME_VIEWS, in
+    # order) and the class probabilities averaged, in the served graph as in validation.
+    test_time_views: int = 1
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -407,6 +461,11 @@ class ModelSpec:
         n_image_features(self.clinical_share)  # validates lambda
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if not 1 <= self.test_time_views <= len(TEST_TIME_VIEWS):
+            raise ValueError(
+                f"test_time_views must lie between 1 and {len(TEST_TIME_VIEWS)}, "
+                f"got {self.test_time_views}"
+            )
 
     @property
     def n_image_features(self) -> int:
@@ -503,14 +562,22 @@ class ScreeningModel(nn.Module):
         return (x - self.pixel_mean) / self.pixel_std
 
     def logits(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        """Class logits of the photo as it is (no test-time views)."""
         return self.head(self.backbone(self.pixels_to_input(image)), clinical)
+
+    def class_probabilities(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        """[N, classes], averaged over the spec's test-time views."""
+        views = self.spec.test_time_views
+        x = stack_test_time_views(self.pixels_to_input(image), views)
+        logits = self.head(self.backbone(x), clinical.repeat(views, 1))
+        return mean_over_views(torch.softmax(logits, dim=1), views)
 
     def cancer_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """Sum of the probabilities of the cancer classes: [N, classes] -> [N]."""
         return (torch.softmax(logits, dim=1) * self.cancer_mask).sum(dim=1)
 
     def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
-        return self.cancer_probability(self.logits(image, clinical))
+        return (self.class_probabilities(image, clinical) * self.cancer_mask).sum(dim=1)
 
 
 def build_model(
@@ -548,11 +615,19 @@ class ScreeningEnsemble(nn.Module):
         cancer [N] and, for a model that learns the diagnoses, the six diagnoses [N, 6]."""
         members = [member for member in self.members if isinstance(member, ScreeningModel)]
         if self.shared_trunk:
-            trunk = members[0].backbone.trunk(members[0].pixels_to_input(image))
-            logits = [member.head(member.backbone.top(trunk), clinical) for member in members]
+            views = self.spec.test_time_views
+            pixels = stack_test_time_views(members[0].pixels_to_input(image), views)
+            trunk = members[0].backbone.trunk(pixels)
+            repeated = clinical.repeat(views, 1)
+            probabilities = [
+                mean_over_views(
+                    torch.softmax(member.head(member.backbone.top(trunk), repeated), dim=1), views
+                )
+                for member in members
+            ]
         else:
-            logits = [member.logits(image, clinical) for member in members]
-        classes = torch.stack([torch.softmax(value, dim=1) for value in logits]).mean(dim=0)
+            probabilities = [member.class_probabilities(image, clinical) for member in members]
+        classes = torch.stack(probabilities).mean(dim=0)
         cancer = (classes * members[0].cancer_mask).sum(dim=1)
         if self.spec.target == "diagnosis":
             return cancer, classes

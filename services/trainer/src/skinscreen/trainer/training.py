@@ -33,7 +33,13 @@ from skinscreen.trainer.augment import augment
 from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.export import trace_to_onnx
-from skinscreen.trainer.model import FusionHead, ScreeningEnsemble, ScreeningModel, build_model
+from skinscreen.trainer.model import (
+    FusionHead,
+    ScreeningEnsemble,
+    ScreeningModel,
+    build_model,
+    symmetry_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +198,7 @@ CACHE_SETTINGS: Final = (
     "image_size",
     "mode",
     "views",
+    "test_time_views",
     "seed",
     "device",
 )
@@ -263,11 +270,23 @@ class Trainer:
         self.trunk_views = cache_trunk(
             self.runner, self.images, self.config.views, generator, "caching augmented views"
         )
-        self.clean_trunk = cache_trunk(self.runner, self.images, 1, None, "caching clean view")[0]
+        # What predictions see: the photo and its test-time views, [views, N, C, h, w].
+        self.clean_trunk = torch.stack(
+            [
+                cache_trunk(
+                    self.runner,
+                    symmetry_view(self.images, index, 1, 2).contiguous(),
+                    1,
+                    None,
+                    f"caching test-time view {index + 1}/{self.config.test_time_views}",
+                )[0]
+                for index in range(self.config.test_time_views)
+            ]
+        )
         if self.config.mode == "features":
             # The frozen top turns the maps into what the head reads; the maps are not needed.
             self.feature_views = self._pool(self.trunk_views)
-            self.clean_features = self._pool(self.clean_trunk[None])[0]
+            self.clean_features = self._pool(self.clean_trunk)
             self.trunk_views = self.clean_trunk = None
         self.progress(
             f"cached {self.config.views} augmented views of {len(self.images)} photos "
@@ -460,7 +479,8 @@ class Trainer:
         indices: np.ndarray,
         head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> np.ndarray:
-        """`head(image features, clinical)` on the rows `indices`, batch by batch."""
+        """`head(image features, clinical)` on the rows `indices`, batch by batch, averaged
+        over the test-time views as the served graph averages them."""
         index = torch.from_numpy(indices)
         outputs = []
         model.to(self.device).eval()
@@ -468,16 +488,19 @@ class Trainer:
             for start in range(0, len(index), TRUNK_BATCH):
                 rows = index[start : start + TRUNK_BATCH]
                 clinical = self.clinical[rows].to(self.device)
-                if self.clean_features is not None:
-                    features = self.clean_features[rows].to(self.device)
-                elif self.clean_trunk is not None:
-                    features = model.backbone.top(
-                        self.clean_trunk[rows].to(self.device, torch.float32)
-                    )
-                else:
-                    pixels = self.images[rows].to(self.device)
-                    features = model.backbone(model.pixels_to_input(pixels))
-                outputs.append(head(features, clinical).cpu())
+                per_view = []
+                for view in range(self.config.test_time_views):
+                    if self.clean_features is not None:
+                        features = self.clean_features[view, rows].to(self.device)
+                    elif self.clean_trunk is not None:
+                        features = model.backbone.top(
+                            self.clean_trunk[view, rows].to(self.device, torch.float32)
+                        )
+                    else:
+                        pixels = symmetry_view(self.images[rows], view, 1, 2).to(self.device)
+                        features = model.backbone(model.pixels_to_input(pixels))
+                    per_view.append(head(features, clinical))
+                outputs.append(torch.stack(per_view).mean(dim=0).cpu())
         model.cpu()
         return torch.cat(outputs).numpy()
 
