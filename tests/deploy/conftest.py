@@ -11,17 +11,16 @@ import functools
 import itertools
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from skinscreen.core.pad_ufes import Sample, load_pad_ufes
 from skinscreen.runtime.embedded import free_port
 from skinscreen.runtime.stack import PRESTART_COMMAND, gateway_command
 from tests.conftest import PAD_UFES
+from tests.scrape import Scrape  # noqa: F401  (the deploy tests read it from here)
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
     MODEL_NAME,
     Process,
@@ -30,6 +29,7 @@ from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
     own_database,
     servers,
 )
+from tests.waiting import wait_until
 
 _stacks = itertools.count(1)
 
@@ -88,39 +88,15 @@ def start_gateway(env: dict[str, str], log: Path, *options: str) -> tuple[Proces
     process = Process(command, env, log)
     process.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+
+    def ready() -> bool:
         assert process.popen is not None
         if process.popen.poll() is not None:
             raise RuntimeError(f"gateway exited; log:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
+            return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"gateway not ready; log:\n{log.read_text()[-4000:]}")
+            return False
 
-
-class Scrape:
-    """One /metrics response, parsed: sample values by name and labels."""
-
-    def __init__(self, url: str) -> None:
-        response = httpx.get(url, timeout=10)
-        response.raise_for_status()
-        self.text = response.text
-        self.samples = [
-            sample
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        ]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of `name`'s samples whose labels include `labels` (0 if there are none)."""
-        return sum(
-            sample.value
-            for sample in self.samples
-            if sample.name == name and labels.items() <= sample.labels.items()
-        )
-
-    def labels(self, name: str) -> list[dict[str, str]]:
-        return [sample.labels for sample in self.samples if sample.name == name]
+    wait_until(ready, lambda: f"gateway not ready; log:\n{log.read_text()[-4000:]}", 120)
+    return process, url

@@ -12,9 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +36,8 @@ from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from skinscreen.runtime.stack import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
 from tests.conftest import REPO, SHARED_DATA
+from tests.scrape import Scrape
+from tests.waiting import wait_until
 
 MODEL_NAME = "skinscreen-fusion"
 # Short, so the fault test sees a killed worker's tasks come back within seconds.
@@ -45,6 +48,27 @@ VISIBILITY_TIMEOUT_S = 6
 class Photo:
     path: Path
     clinical: ClinicalInput
+    # 1 for a skin cancer (BCC, MEL, SCC), 0 otherwise, as PAD-UFES-20 labels it.
+    label: int = 0
+
+
+def both_classes(photos: list[Photo], per_class: int) -> list[Photo]:
+    """The first `per_class` cancers and benign lesions, alternating."""
+    cancers = [photo for photo in photos if photo.label == 1][:per_class]
+    benign = [photo for photo in photos if photo.label == 0][:per_class]
+    assert len(cancers) == len(benign) == per_class
+    return [photo for pair in zip(cancers, benign, strict=True) for photo in pair]
+
+
+def ranking_auc(probabilities: list[float], labels: list[int]) -> float:
+    """ROC AUC: the share of (cancer, benign) pairs in which the cancer scores higher (ties
+    count half). A model that gives every photo the same value scores 0.5."""
+    positives = [p for p, label in zip(probabilities, labels, strict=True) if label == 1]
+    negatives = [p for p, label in zip(probabilities, labels, strict=True) if label == 0]
+    assert positives, "an AUC needs cancers"
+    assert negatives, "an AUC needs benign lesions"
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
 
 
 class Process:
@@ -100,6 +124,46 @@ class Database:
         return rows[0][0] if rows else None
 
 
+def with_application_name(url: str, name: str) -> str:
+    """The database URL with an application_name, which pg_stat_activity shows for each of
+    the process's connections (asyncpg sends unknown URL parameters as server settings)."""
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, f"application_name={name}"]))
+    return urlunsplit(parts._replace(query=query))
+
+
+def database_clock(database: Database) -> datetime:
+    """Now, on the database's clock."""
+    now: datetime = database.value("SELECT clock_timestamp()")
+    return now
+
+
+def wait_until_a_long_poll_is_held(database: Database, since: datetime, application: str) -> None:
+    """Until the gateway whose connections carry `application` has read the screening and
+    put the connection back (idle since `since`): a long poll subscribes to the screening's
+    notification before it reads it, so it now waits on that notification. Its own
+    listening connection (LISTEN) is left out; nothing else may use that gateway meanwhile."""
+
+    def activity() -> list[asyncpg.Record]:
+        return database.fetch(
+            "SELECT query, query_start, state FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = $1",
+            application,
+        )
+
+    wait_until(
+        lambda: any(
+            row["state"] == "idle"
+            and row["query_start"] >= since
+            and not row["query"].startswith("LISTEN")
+            for row in activity()
+        ),
+        lambda: (
+            f"the gateway read the screening for its long poll; {application}: " + repr(activity())
+        ),
+    )
+
+
 @pytest.fixture(scope="session")
 def model_store() -> Path:
     """The store of the model shipped with the project, the one `make run` serves."""
@@ -133,7 +197,7 @@ def dual_output_model(pad_ufes_dir: Path, tmp_path_factory: pytest.TempPathFacto
 def photos(pad_ufes_dir: Path) -> list[Photo]:
     """Real PAD-UFES-20 photos with their clinical answers, read by the trainer's loader."""
     dataset = load_pad_ufes(pad_ufes_dir)
-    return [Photo(sample.image_path, sample.clinical) for sample in dataset.samples]
+    return [Photo(sample.image_path, sample.clinical, sample.label) for sample in dataset.samples]
 
 
 @dataclass
@@ -178,14 +242,16 @@ def stack_env(
 
 
 def _wait_until(condition: Any, timeout_s: float, what: str, process: Process) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
+    """Until `condition` holds; a process that exits meanwhile fails at once, with its log."""
+
+    def holds() -> bool:
         assert process.popen is not None
         if process.popen.poll() is not None:
             raise RuntimeError(f"{what} exited; log:\n{process.log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready; log:\n{process.log.read_text()[-4000:]}")
-        time.sleep(0.2)
+        return bool(condition())
+
+    wait_until(holds, lambda: f"{what} not ready; log:\n{process.log.read_text()[-4000:]}",
+               timeout_s)  # fmt: skip
 
 
 def _log_mentions(log: Path, text: str) -> bool:
@@ -209,7 +275,7 @@ def start_worker(process: Process) -> None:
     if process.popen is None or process.popen.poll() is not None:
         process.log.write_text("")
         process.start()
-    _wait_until(lambda: _log_mentions(process.log, "ready."), 90, "inference worker", process)
+    _wait_until(lambda: _log_mentions(process.log, "ready."), 180, "inference worker", process)
 
 
 def _start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
@@ -224,7 +290,7 @@ def _start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
         except httpx.HTTPError:
             return False
 
-    _wait_until(healthy, 60, "gateway", process)
+    _wait_until(healthy, 120, "gateway", process)
     return process, url
 
 
@@ -239,6 +305,8 @@ def gateway(
 
 
 IDLE_REDIS_DB = 1
+# The idle gateway's connections, by name in pg_stat_activity.
+IDLE_GATEWAY = "skinscreen-idle-gateway"
 
 
 @pytest.fixture(scope="session")
@@ -247,7 +315,8 @@ def idle_gateway(
 ) -> Iterator[str]:
     """A gateway whose queue (another Redis database) no worker reads, so queued tasks stay."""
     redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{IDLE_REDIS_DB}"
-    env = {**stack_env, "REDIS_URL": redis_url}
+    database_url = with_application_name(stack_env["DATABASE_URL"], IDLE_GATEWAY)
+    env = {**stack_env, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
     process, url = _start_gateway(env, tmp_path_factory.mktemp("logs") / "idle-gateway.log")
     yield url
     process.stop()
@@ -319,12 +388,21 @@ def own_database(servers: Servers, name: str) -> str:
 
 _lifecycle_stacks = itertools.count(2)
 
+# Workers of a lifecycle stack learn of a new active version by its announcement on Redis
+# alone: re-reading the registry is effectively off, so a test that sees a worker switch
+# has seen the announcement work (tests/serving/test_model_switching.py tests polling).
+NO_POLLING_S = "86400"
 
-@pytest.fixture(scope="module")
-def lifecycle(
-    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+
+@contextmanager
+def lifecycle_stack(
+    servers: Servers,
+    model_store: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    **overrides: str,
 ) -> Iterator[Lifecycle]:
-    """Pre-start, an inference worker and a gateway over a copy of the shipped models."""
+    """Pre-start, an inference worker and a gateway over a copy of the shipped models, on a
+    database and a Redis database of their own; `overrides` change the environment."""
     number = next(_lifecycle_stacks)
     folder = tmp_path_factory.mktemp(f"lifecycle{number}")
     env = {
@@ -337,27 +415,60 @@ def lifecycle(
         "MODEL_NAME": MODEL_NAME,
         "TRAINING_DATA_DIR": str(SHARED_DATA),
         "RUNS_DIR": str(folder / "runs"),
-        "MODEL_POLL_S": "2",
+        "MODEL_POLL_S": NO_POLLING_S,
         "MAX_BATCH_SIZE": "8",
         "MAX_WAIT_MS": "20",
         "RETRY_BACKOFF_S": "0.2",
         "CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
         "INTRA_OP_THREADS": "1",
         "HEARTBEAT_S": "1",
+        **overrides,
     }
     subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
     store = ArtifactStore(env["MODEL_STORE"])
     worker = Process(WORKER_COMMAND, env, folder / "worker.log")
     worker.start()
-    start_worker(worker)
-    gateway, url = _start_gateway(env, folder / "gateway.log")
+    gateway: Process | None = None
     try:
+        start_worker(worker)
+        gateway, url = _start_gateway(env, folder / "gateway.log")
         yield Lifecycle(
             env, url, Database(env["DATABASE_URL"]), store, worker, store.versions(MODEL_NAME)[-1]
         )
     finally:
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def lifecycle(
+    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lifecycle]:
+    """A stack of the module's own whose active version its tests may switch."""
+    with lifecycle_stack(servers, model_store, tmp_path_factory) as stack:
+        yield stack
+
+
+def served_version(worker: Process) -> str | None:
+    """The version a running inference worker serves now, read from its /metrics."""
+    try:
+        scrape = Scrape(f"http://127.0.0.1:{worker.env['METRICS_PORT']}/metrics")
+    except httpx.HTTPError:
+        return None
+    info = scrape.labels("skinscreen_inference_model_info")
+    return info[0]["model_version"] if len(info) == 1 else None
+
+
+def wait_until_served(worker: Process, version: str, timeout_s: float = 120) -> None:
+    wait_until(
+        lambda: served_version(worker) == version,
+        lambda: (
+            f"the worker still serves {served_version(worker)}, not {version}; log:\n"
+            + worker.log.read_text()[-3000:]
+        ),
+        timeout_s,
+    )
 
 
 @dataclass
