@@ -1,18 +1,16 @@
 """Model lifecycle on real servers: registry, promotion checks, hot swap, rollback, the CLI.
 
-The second version is a real model: the shipped ONNX with its classifier's
-cancer biases shifted, so its probabilities differ and a result tagged with
-the wrong version would not match a direct ONNX Runtime run.
+The other versions are real models (tests/serving/variants.py): the shipped
+ONNX with its classifier's cancer biases shifted, so their probabilities differ
+and a result tagged with the wrong version would not match a direct run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,64 +18,24 @@ from typing import Any
 import asyncpg
 import httpx
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 from redis import Redis
 
-from skinscreen.core.card import MODEL_FILE, file_sha256, read_card
-from skinscreen.core.clinical import encode_many
-from skinscreen.core.imaging import load_and_preprocess
-from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
+from skinscreen.core.card import MODEL_FILE, read_card
 from skinscreen.runtime import registry
-from skinscreen.runtime.database import create_pool
 from tests.serving.conftest import MODEL_NAME, Lifecycle, Photo, submit
+from tests.serving.variants import direct_probabilities, publish_variant, run
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def publish_variant(lifecycle: Lifecycle, version: str, shift: float, tmp: Path) -> str:
-    """Publish the shipped model with every member's cancer logits shifted by `shift`."""
-    source = Path(lifecycle.store.base) / MODEL_NAME / lifecycle.shipped_version
-    graph = onnx.load(str(source / MODEL_FILE))
-    cancer = np.array([diagnosis in CANCER_DIAGNOSES for diagnosis in DIAGNOSES])
-    for initializer in graph.graph.initializer:
-        if initializer.name.endswith("head.classifier.4.bias"):
-            bias = numpy_helper.to_array(initializer) + shift * cancer
-            initializer.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), initializer.name))
-    model_file = tmp / f"{version}.onnx"
-    onnx.save(graph, str(model_file))
-    card = read_card(source).model_copy(
-        update={"version": version, "sha256": file_sha256(model_file)}
-    )
-    uri = lifecycle.store.publish(model_file, card)
-    run(lifecycle, lambda pool: registry.register(pool, card, uri))
-    return uri
-
-
-def run(lifecycle: Lifecycle, work: Any) -> Any:
-    async def go() -> Any:
-        pool = await create_pool(lifecycle.env["DATABASE_URL"], max_size=2)
-        try:
-            return await work(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
-
-
-def direct_probabilities(lifecycle: Lifecycle, version: str, photos: list[Photo]) -> np.ndarray:
-    folder = Path(lifecycle.store.base) / MODEL_NAME / version
-    session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
-    images = np.stack([load_and_preprocess(photo.path, 224) for photo in photos])
-    clinical = encode_many([photo.clinical for photo in photos])
-    (probabilities,) = session.run(["cancer_probability"], {"image": images, "clinical": clinical})
-    return np.asarray(probabilities)
-
-
 class Traffic:
-    """Clients posting real photos without pause until stopped; remembers what they sent."""
+    """Clients posting real photos without pause until stopped; remembers what they sent.
+
+    Whatever goes wrong in a client thread (a refused upload, a failed read, a transport
+    error) is kept in `errors`, never lost with the thread.
+    """
 
     def __init__(self, url: str, photos: list[Photo], clients: int = 3) -> None:
         self.url = url
@@ -90,17 +48,22 @@ class Traffic:
         ]
 
     def _client(self, index: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            sent = index
-            while not self._stop.is_set():
-                photo = self.photos[sent % len(self.photos)]
-                response = submit(client, photo)
-                if response.status_code != 202:
-                    self.errors.append(response.text)
-                    continue
-                self.sent[response.json()["id"]] = photo
-                client.get(response.headers["Location"], params={"wait": 30})
-                sent += 3
+        try:
+            with httpx.Client(base_url=self.url, timeout=60) as client:
+                sent = index
+                while not self._stop.is_set():
+                    photo = self.photos[sent % len(self.photos)]
+                    response = submit(client, photo)
+                    if response.status_code != 202:
+                        self.errors.append(f"POST {response.status_code}: {response.text}")
+                        continue
+                    self.sent[response.json()["id"]] = photo
+                    read = client.get(response.headers["Location"], params={"wait": 30})
+                    if read.status_code != 200 or read.json()["status"] == "failed":
+                        self.errors.append(f"GET {read.status_code}: {read.text}")
+                    sent += 3
+        except BaseException as exc:  # kept for the test to report, not lost with the thread
+            self.errors.append(f"client {index}: {exc!r}")
 
     def __enter__(self) -> Traffic:
         for thread in self._threads:
@@ -113,18 +76,29 @@ class Traffic:
             thread.join()
 
 
-def wait_for_version(lifecycle: Lifecycle, version: str, after: datetime) -> None:
-    """Until some screening finished after `after` carries `version` (the worker switched)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if lifecycle.database.value(
+def scored_by(lifecycle: Lifecycle, version: str, after: datetime) -> int:
+    """Screenings finished after `after` that carry `version`."""
+    return int(
+        lifecycle.database.value(
             "SELECT count(*) FROM screenings WHERE model_version = $1 AND completed_at > $2",
             version,
             after,
-        ):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no screening was scored by {version}")
+        )
+    )
+
+
+def wait_for_version(lifecycle: Lifecycle, version: str, after: datetime, count: int = 1) -> None:
+    """Until `count` screenings finished after `after` carry `version` (the worker switched)."""
+    wait_until(
+        lambda: scored_by(lifecycle, version, after) >= count,
+        f"{count} screenings scored by {version}",
+    )
+
+
+def database_now(lifecycle: Lifecycle) -> datetime:
+    """The database's clock, the one that stamps completed_at."""
+    now: datetime = lifecycle.database.value("SELECT clock_timestamp()")
+    return now
 
 
 def switch(lifecycle: Lifecycle, path: str, reason: str) -> httpx.Response:
@@ -136,37 +110,42 @@ def test_hot_swap_and_rollback_under_traffic(
     lifecycle: Lifecycle, photos: list[Photo], tmp_path: Path
 ) -> None:
     """Promote, then roll back, while screenings flow: none fails, each carries the version
-    active when its result was written, and its probability is that version's."""
-    shipped = lifecycle.shipped_version
+    active when its result was written, and its probability is that version's. The worker
+    learns of each switch from its announcement alone (the stack's workers do not poll)."""
+    # The version active now, whichever test of the module ran before.
+    serving = run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version
     publish_variant(lifecycle, "29990101.000001", shift=1.5, tmp=tmp_path)
     sample = photos[:60]
     with Traffic(lifecycle.url, sample) as traffic:
-        time.sleep(2)
-        started = datetime.now(UTC)
+        # Screenings flow before the switch...
+        wait_for_version(lifecycle, serving, database_now(lifecycle), count=3)
+        started = database_now(lifecycle)
         promoted = switch(
             lifecycle, f"/v1/models/{MODEL_NAME}/versions/29990101.000001/promote", "test"
         )
         assert promoted.status_code == 200, promoted.text
         assert promoted.json()["status"] == "active"
-        wait_for_version(lifecycle, "29990101.000001", started)
-        time.sleep(1)
-        back = datetime.now(UTC)
+        # ... go on through it, and after it under the new version...
+        wait_for_version(lifecycle, "29990101.000001", started, count=3)
+        back = database_now(lifecycle)
         rolled = switch(lifecycle, f"/v1/models/{MODEL_NAME}/rollback", "test rollback")
         assert rolled.status_code == 200, rolled.text
-        assert rolled.json()["version"] == shipped
-        wait_for_version(lifecycle, shipped, back)
-        time.sleep(1)
+        assert rolled.json()["version"] == serving
+        # ... and through the rollback.
+        wait_for_version(lifecycle, serving, back, count=3)
     assert not traffic.errors
 
     ids = list(traffic.sent)
-    deadline = time.monotonic() + 60
-    while lifecycle.database.value(
-        "SELECT count(*) FROM screenings WHERE id = ANY($1::uuid[]) AND status IN"
-        " ('queued', 'running')",
-        ids,
-    ):
-        assert time.monotonic() < deadline, "screenings still unfinished"
-        time.sleep(0.2)
+    wait_until(
+        lambda: (
+            not lifecycle.database.value(
+                "SELECT count(*) FROM screenings WHERE id = ANY($1::uuid[]) AND status IN"
+                " ('queued', 'running')",
+                ids,
+            )
+        ),
+        "every screening sent finished",
+    )
     rows = lifecycle.database.fetch(
         "SELECT id::text, status, model_version, cancer_probability, completed_at"
         " FROM screenings WHERE id = ANY($1::uuid[])",
@@ -174,7 +153,7 @@ def test_hot_swap_and_rollback_under_traffic(
     )
     assert [row["status"] for row in rows].count("done") == len(rows), "a screening failed"
     versions = {row["model_version"] for row in rows}
-    assert versions == {shipped, "29990101.000001"}
+    assert versions == {serving, "29990101.000001"}
 
     history = run(lifecycle, lambda pool: registry.activations(pool, MODEL_NAME))
 
@@ -218,12 +197,12 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     Redis.from_url(lifecycle.env["REDIS_URL"]).publish(
         registry.ACTIVATIONS_CHANNEL, registry.activation_message(announced)
     )
-    deadline = time.monotonic() + 30
-    while (
-        "could not load skinscreen-fusion 29990101.000002" not in lifecycle.worker.log.read_text()
-    ):
-        assert time.monotonic() < deadline, "the failed load was not reported"
-        time.sleep(0.2)
+    wait_until(
+        lambda: (
+            "could not load skinscreen-fusion 29990101.000002" in lifecycle.worker.log.read_text()
+        ),
+        "the failed load is reported in the worker's log",
+    )
     with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
         response = submit(client, photos[0])
         body = client.get(response.headers["Location"], params={"wait": 30}).json()
@@ -260,6 +239,51 @@ def test_promotion_refuses_unknown_and_damaged_versions(
     assert statuses[before] == "active"
     assert list(statuses.values()).count("active") == 1
     assert statuses["29990101.000003"] == "candidate"
+
+
+def test_promoting_a_version_whose_artifact_is_missing_is_409(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """Registered, but its model.onnx is gone from the store: refused, nothing switches."""
+    before = run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version
+    uri = publish_variant(lifecycle, "29990101.000004", shift=0.5, tmp=tmp_path)
+    (Path(uri.removeprefix("file://")) / MODEL_FILE).unlink()
+    missing = switch(lifecycle, f"/v1/models/{MODEL_NAME}/versions/29990101.000004/promote", "x")
+    assert missing.status_code == 409, missing.text
+    detail = missing.json()["detail"]
+    assert detail.startswith("not promoted, the active version is unchanged: ")
+    assert f"no {MODEL_FILE} at {uri}" in detail
+    assert run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version == before
+    listed = httpx.get(f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/29990101.000004")
+    assert listed.json()["status"] == "candidate"
+
+
+def publish_as(lifecycle: Lifecycle, name: str, version: str) -> None:
+    """The shipped model published and registered under another name: a model of the test's
+    own, whose registry history no other test touches."""
+    source = Path(lifecycle.store.base) / MODEL_NAME / lifecycle.shipped_version
+    card = read_card(source).model_copy(update={"name": name, "version": version})
+    uri = lifecycle.store.publish(source / MODEL_FILE, card)
+    run(lifecycle, lambda pool: registry.register(pool, card, uri))
+
+
+def test_rollback_with_nothing_to_roll_back_is_409(lifecycle: Lifecycle) -> None:
+    name = "skinscreen-rollback-test"
+    publish_as(lifecycle, name, "20000101.000001")
+    # No active version at all.
+    nothing = switch(lifecycle, f"/v1/models/{name}/rollback", "r")
+    assert nothing.status_code == 409, nothing.text
+    assert nothing.json()["detail"] == f"model {name} has no active version to roll back"
+    # The first version ever promoted was not promoted over another: nothing to go back to.
+    first = switch(lifecycle, f"/v1/models/{name}/versions/20000101.000001/promote", "first")
+    assert first.status_code == 200, first.text
+    alone = switch(lifecycle, f"/v1/models/{name}/rollback", "r")
+    assert alone.status_code == 409, alone.text
+    assert "was not promoted over another version" in alone.json()["detail"]
+    active = run(lifecycle, lambda pool: registry.get_active(pool, name))
+    assert active.version == "20000101.000001"
+    history = httpx.get(f"{lifecycle.url}/v1/models/{name}/activations").json()["items"]
+    assert [item["action"] for item in history] == ["promote"]
 
 
 def test_the_database_allows_one_active_version_per_name(lifecycle: Lifecycle) -> None:
