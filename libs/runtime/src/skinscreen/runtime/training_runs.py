@@ -44,19 +44,32 @@ class TrainingRequest(BaseModel):
     )
     backbone: Backbone = "efficientnet-lite0"
     clinical_share: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
-        0.3, description="lambda: the clinical variables' share of the fused features."
+        0.5, description="lambda: the clinical variables' share of the fused features."
     )
     use_clinical: bool = True
     balancing: Balancing = "weighted"
     epochs: Annotated[int, Field(ge=1, le=500)] = 20
-    ensemble: Annotated[int, Field(ge=1, le=10)] = 3
+    ensemble: Annotated[int, Field(ge=1, le=10)] = 5
     views: Annotated[int, Field(ge=1, le=64)] = Field(
         8, description="Augmented views cached per photo (CPU mode)."
     )
-    folds: Annotated[int, Field(ge=2, le=10)] = 5
+    test_time_views: Annotated[int, Field(ge=1, le=8)] = Field(
+        4, description="Flipped and rotated views of each photo averaged (served too)."
+    )
+    folds: Annotated[int, Field(ge=2, le=10)] = Field(
+        5, description="Outer folds, and inner folds choosing each fold's thresholds."
+    )
+    repeats: Annotated[int, Field(ge=1, le=10)] = Field(
+        3, description="Outer cross-validations with different patient splits."
+    )
     image_size: Annotated[int, Field(ge=32, le=1024)] = 224
     recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.95, description="The decision threshold is the highest one reaching this recall."
+        0.97, description="The cancer threshold is the highest one reaching this recall."
+    )
+    melanoma_recall_target: Annotated[float | None, Field(gt=0.0, le=1.0)] = Field(
+        0.95,
+        description="The melanoma threshold is the highest at which the melanoma probability "
+        "alone reaches this recall; null: no melanoma rule.",
     )
     data_sources: list[str] = Field(
         ["pad-ufes-20"],

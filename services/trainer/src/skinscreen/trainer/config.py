@@ -35,7 +35,8 @@ class TrainConfig(BaseModel):
         None, description="A ResNet50 state dict to start from; random init when absent."
     )
     image_size: Annotated[int, Field(ge=32, le=1024)] = 224
-    clinical_share: Annotated[float, Field(gt=0.0, lt=1.0, description="lambda")] = 0.3
+    # 0.5 measured better than the paper's 0.3 in features mode (model selection report).
+    clinical_share: Annotated[float, Field(gt=0.0, lt=1.0, description="lambda")] = 0.5
     use_clinical: bool = True
     target: TargetName = Field(
         "diagnosis",
@@ -56,7 +57,7 @@ class TrainConfig(BaseModel):
         8, description="Augmented views cached per photo (cached mode)."
     )
     ensemble: Annotated[int, Field(ge=1, le=10)] = Field(
-        3,
+        5,
         description="Members fitted from different seeds, probabilities averaged; in cached "
         "mode they share the frozen trunk, so the served graph runs it once.",
     )
@@ -87,8 +88,10 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     threshold_method: ThresholdMethod = "recall"
+    # Above the 0.95 a clinic is promised: recall measured on patients that did not choose
+    # the threshold falls short of the target it was chosen for (the nested validation).
     recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.95, description="Cancer recall the cancer threshold is chosen to reach."
+        0.97, description="Cancer recall the cancer threshold is chosen to reach."
     )
     melanoma_recall_target: Annotated[float | None, Field(gt=0.0, le=1.0)] = Field(
         0.95,
@@ -141,9 +144,12 @@ def train_config(request: TrainingRequest, data_dir: Path) -> TrainConfig:
         epochs=request.epochs,
         ensemble=request.ensemble,
         views=request.views,
+        test_time_views=request.test_time_views,
         folds=request.folds,
+        repeats=request.repeats,
         image_size=request.image_size,
         recall_target=request.recall_target,
+        melanoma_recall_target=request.melanoma_recall_target,
         max_samples=request.max_samples,
         seed=request.seed,
     )

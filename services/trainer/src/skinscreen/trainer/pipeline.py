@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Final, Protocol, Self, TypeVar
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -196,6 +196,7 @@ def run_training(
     timings["nested_cross_validation_s"] = time.perf_counter() - mark
     rule = final_rule(validation, config.rule_targets)
     estimates = pooled_estimates(validation, seed=config.seed)
+    save_validation(run_dir / VALIDATION_FILE, validation)
     log.info(
         "nested cross-validation: ROC AUC %.3f, recall %.3f, balanced accuracy %.3f; "
         "called suspicious by diagnosis: %s",
@@ -250,6 +251,32 @@ def validate(
         seed=config.seed,
         targets=config.rule_targets,
         progress=log.info,
+    )
+
+
+VALIDATION_FILE: Final = "validation.npz"
+
+
+def save_validation(path: Path, validation: NestedCrossValidation) -> None:
+    """The out-of-fold predictions and each fold's rule, so that every figure of the card and
+    report can be recomputed from them."""
+    fold_of = np.zeros(validation.probabilities.shape[:2], dtype=np.int64)
+    thresholds = np.full((validation.repeats, validation.n_folds, 2), np.nan)
+    for number, fold in enumerate(validation.folds):
+        index = number % validation.n_folds
+        fold_of[fold.repeat, fold.test] = index
+        thresholds[fold.repeat, index] = (
+            fold.rule.cancer,
+            np.nan if fold.rule.melanoma is None else fold.rule.melanoma,
+        )
+    np.savez_compressed(
+        path,
+        probabilities=validation.probabilities,
+        flagged=validation.flagged,
+        diagnoses=validation.diagnoses,
+        groups=validation.groups,
+        fold=fold_of,
+        thresholds=thresholds,
     )
 
 

@@ -14,6 +14,7 @@ Three modes share one loop:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 import time
@@ -33,6 +34,7 @@ from skinscreen.trainer.augment import augment
 from skinscreen.trainer.balancing import apply_de_mutation, class_weights, plan_de_mutation
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.export import trace_to_onnx
+from skinscreen.trainer.ink import is_inked, paint_out
 from skinscreen.trainer.model import (
     FusionHead,
     ScreeningEnsemble,
@@ -270,19 +272,7 @@ class Trainer:
         self.trunk_views = cache_trunk(
             self.runner, self.images, self.config.views, generator, "caching augmented views"
         )
-        # What predictions see: the photo and its test-time views, [views, N, C, h, w].
-        self.clean_trunk = torch.stack(
-            [
-                cache_trunk(
-                    self.runner,
-                    symmetry_view(self.images, index, 1, 2).contiguous(),
-                    1,
-                    None,
-                    f"caching test-time view {index + 1}/{self.config.test_time_views}",
-                )[0]
-                for index in range(self.config.test_time_views)
-            ]
-        )
+        self.clean_trunk = self._test_time_trunk(self.images)
         if self.config.mode == "features":
             # The frozen top turns the maps into what the head reads; the maps are not needed.
             self.feature_views = self._pool(self.trunk_views)
@@ -292,6 +282,48 @@ class Trainer:
             f"cached {self.config.views} augmented views of {len(self.images)} photos "
             f"in {time.perf_counter() - started:.0f} s"
         )
+
+    @functools.cached_property
+    def inked(self) -> np.ndarray:
+        """bool [N]: the photos with surgical-pen ink on them."""
+        return np.array([is_inked(photo) for photo in self.images.numpy()], dtype=bool)
+
+    @functools.cached_property
+    def ink_painted_out(self) -> torch.Tensor:
+        """The photos with their pen ink painted out (the others as they are)."""
+        painted = self.images.clone()
+        for row in np.flatnonzero(self.inked):
+            painted[row] = torch.from_numpy(paint_out(self.images[row].numpy()))
+        return painted
+
+    def _test_time_trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """What predictions see: each photo's test-time views, [views, N, C, h, w]."""
+        assert self.runner is not None
+        return torch.stack(
+            [
+                cache_trunk(
+                    self.runner,
+                    symmetry_view(images, index, 1, 2).contiguous(),
+                    1,
+                    None,
+                    f"caching test-time view {index + 1}/{self.config.test_time_views}",
+                )[0]
+                for index in range(self.config.test_time_views)
+            ]
+        )
+
+    def use_ink_painted_out(self) -> Trainer:
+        """A trainer that predicts on the photos with their pen ink painted out (fitting is
+        unchanged): how much a model's answers lean on the ink."""
+        other = copy.copy(self)
+        other.images = self.ink_painted_out
+        if self.clean_trunk is not None or self.clean_features is not None:
+            maps = self._test_time_trunk(self.ink_painted_out)
+            if self.config.mode == "features":
+                other.clean_features = self._pool(maps)
+            else:
+                other.clean_trunk = maps
+        return other
 
     def _pool(self, maps: torch.Tensor) -> torch.Tensor:
         """The frozen ImageNet top on cached trunk maps [V, N, C, h, w] -> features [V, N, F]."""
