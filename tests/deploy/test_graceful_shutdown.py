@@ -9,60 +9,109 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
+import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 from redis import Redis
 
+from skinscreen.inference import store
 from skinscreen.runtime.queue import QUEUE
 from skinscreen.runtime.stack import WORKER_COMMAND
-from tests.serving.conftest import Database, Process, start_worker
+from tests.serving.conftest import (
+    Database,
+    Process,
+    database_clock,
+    start_worker,
+    wait_until_a_long_poll_is_held,
+    with_application_name,
+)
+from tests.waiting import wait_until
 
 from .conftest import start_gateway, submit
 
 # As the gateway's Deployment runs it (deploy/k8s/base/gateway.yaml).
 GATEWAY_OPTIONS = ("--workers", "2", "--timeout-graceful-shutdown", "35")
-LONG_POLL_S = 3
 N_SCREENINGS = 48
+# The draining gateway's connections, by name in pg_stat_activity.
+DRAINING_GATEWAY = "skinscreen-draining-gateway"
 
 
 def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
     deploy_env: dict[str, str], tmp_path: Path
 ) -> None:
-    # No worker consumes this module's queue: the screening stays queued and the long poll
-    # lasts its full LONG_POLL_S.
-    process, url = start_gateway(deploy_env, tmp_path / "gateway.log", *GATEWAY_OPTIONS)
+    """SIGTERM while a long poll is held: the listener closes, and the held request is still
+    answered, with the result written after the signal. No worker consumes this module's
+    queue, so only the test's write can finish the screening."""
+    database = Database(deploy_env["DATABASE_URL"])
+    env = {
+        **deploy_env,
+        "DATABASE_URL": with_application_name(deploy_env["DATABASE_URL"], DRAINING_GATEWAY),
+    }
+    process, url = start_gateway(env, tmp_path / "gateway.log", *GATEWAY_OPTIONS)
+    # Both uvicorn workers up (each listens on its own connection), so any later use of
+    # this gateway's connections is the long poll's.
+    wait_until(
+        lambda: (
+            database.value(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                " AND query LIKE 'LISTEN %'",
+                DRAINING_GATEWAY,
+            )
+            == 2
+        ),
+        "both uvicorn workers listen for finished screenings",
+    )
     with httpx.Client(base_url=url, timeout=30) as client:
-        location = submit(client, 1).headers["location"]
+        accepted = submit(client, 1)
+    assert accepted.status_code == 202, accepted.text
+    screening_id = accepted.json()["id"]
     in_flight: dict[str, httpx.Response | BaseException] = {}
 
     def long_poll() -> None:
         try:
             in_flight["response"] = httpx.get(
-                f"{url}{location}", params={"wait": LONG_POLL_S}, timeout=30
+                f"{url}{accepted.headers['location']}", params={"wait": 30}, timeout=60
             )
-        except httpx.HTTPError as exc:
+        except BaseException as exc:  # reported by the test, not lost with the thread
             in_flight["response"] = exc
 
-    poller = threading.Thread(target=long_poll)
-    poller.start()
-    time.sleep(1.0)  # the request is being held by the gateway
-    assert process.popen is not None
-    terminated = time.monotonic()
-    process.popen.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=5)
-    poller.join(30)
-    response = in_flight["response"]
-    assert isinstance(response, httpx.Response), f"the request in flight was cut: {response!r}"
-    assert response.status_code == 200
-    assert response.json()["status"] == "queued"
-    assert process.popen.wait(30) == 0
-    # It waited for the long poll instead of cutting it short.
-    assert time.monotonic() - terminated >= LONG_POLL_S - 1.5
+    try:
+        since = database_clock(database)
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        wait_until_a_long_poll_is_held(database, since, DRAINING_GATEWAY)
+        assert process.popen is not None
+        process.popen.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=5)
+            except httpx.TransportError:
+                return True
+            return False
+
+        wait_until(refused, "the gateway stops taking new connections", timeout_s=20)
+        # The long poll outlived the listener: it was not cut short.
+        assert poller.is_alive(), f"the request in flight ended: {in_flight}"
+        # Its result arrives after SIGTERM, as a worker writes one (the NOTIFY included).
+        assert database.value(store.FAIL, uuid.UUID(screening_id), "written after SIGTERM") == 1
+        poller.join(60)
+        response = in_flight["response"]
+        assert isinstance(response, httpx.Response), f"the request in flight was cut: {response!r}"
+        assert response.status_code == 200
+        assert (response.json()["status"], response.json()["failure_reason"]) == (
+            "failed",
+            "written after SIGTERM",
+        )
+        assert process.popen.wait(60) == 0
+    finally:
+        process.stop()
+        # The module's queue and table as they were: the other test counts every screening.
+        database.value("DELETE FROM screenings WHERE id = $1::uuid", screening_id)
+        broker = Redis.from_url(deploy_env["REDIS_URL"])
+        broker.delete(QUEUE)
+        broker.close()
 
 
 def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
@@ -75,8 +124,7 @@ def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
         with httpx.Client(base_url=url, timeout=30) as client:
             for seed in range(N_SCREENINGS):
                 assert submit(client, seed).status_code == 202
-        # The module's database and queue: this test's screenings, and any an earlier test
-        # of the module left queued.
+        # The module's database and queue hold this test's screenings alone.
         total = database.value("SELECT count(*) FROM screenings")
         worker = Process(WORKER_COMMAND, deploy_env, tmp_path / "worker.log")
         worker.start()
@@ -87,10 +135,11 @@ def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
             return {row["status"]: row["count"] for row in rows}
 
         # SIGTERM in the middle: some screenings done, a batch running, others not started.
-        deadline = time.monotonic() + 60
-        while not (counts().get("done", 0) > 0 and counts().get("running", 0) > 0):
-            assert time.monotonic() < deadline, "the worker never held a batch mid-way"
-            time.sleep(0.01)
+        wait_until(
+            lambda: counts().get("done", 0) > 0 and counts().get("running", 0) > 0,
+            "the worker holds a batch mid-way, after finishing some",
+            interval_s=0.01,
+        )
         assert worker.popen is not None
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(60) == 0, worker.log.read_text()[-4000:]
@@ -104,10 +153,10 @@ def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
         assert broker.llen(QUEUE) == after.get("queued", 0)
 
         start_worker(worker)
-        deadline = time.monotonic() + 120
-        while counts().get("done", 0) < total:
-            assert time.monotonic() < deadline, f"not all scored after restart: {counts()}"
-            time.sleep(0.2)
+        wait_until(
+            lambda: counts().get("done", 0) == total,
+            lambda: f"all scored after the restart: {counts()}",
+        )
         assert database.value("SELECT sum(written) FROM inference_batches") == total
         assert database.value("SELECT max(attempts) FROM screenings") == 1, (
             "a task was delivered twice: its worker did not acknowledge it before exiting"
