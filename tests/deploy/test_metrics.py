@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +16,12 @@ import pytest
 from redis import Redis
 
 from skinscreen.runtime.embedded import free_port
+from skinscreen.runtime.queue import QUEUE
+from skinscreen.runtime.queue_metrics import screening_id_of
 from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.conftest import DESIGN_EXAMPLE, REPO
 from tests.serving.conftest import Database, Process, start_worker
+from tests.waiting import wait_until
 
 from .conftest import Scrape, photo, start_gateway, submit
 
@@ -56,7 +58,58 @@ def _worker_pids(folder: Path) -> set[str]:
     return {path.stem.rsplit("_", 1)[-1] for path in folder.glob("*.db")}
 
 
+REQUESTS = "skinscreen_gateway_requests_total"
+POST = {"route": "/v1/screenings", "method": "POST"}
+DURATION = "skinscreen_gateway_request_duration_seconds_count"
+REJECTIONS = "skinscreen_gateway_rejected_inputs_total"
+# (name, labels) of every counter the first test reads, before and after its traffic.
+GATEWAY_COUNTERS: list[tuple[str, dict[str, str]]] = [
+    (REQUESTS, {**POST, "status": "202"}),
+    (REQUESTS, {**POST, "status": "422"}),
+    (REQUESTS, {**POST, "status": "415"}),
+    (REQUESTS, {"route": "/healthz", "method": "GET"}),
+    (REQUESTS, {"route": "/v1/screenings", "method": "GET", "status": "200"}),
+    (DURATION, POST),
+    (REJECTIONS, {"reason": "less_than_equal", "field": "clinical.age"}),
+    (REJECTIONS, {"reason": "enum", "field": "clinical.region"}),
+    (REJECTIONS, {"reason": "extra_forbidden", "field": "clinical.*"}),
+    (REJECTIONS, {"reason": "unsupported_type", "field": "image"}),
+    (REJECTIONS, {"reason": "extra_forbidden", "field": "*"}),
+    (REJECTIONS, {}),
+    ("skinscreen_gateway_upload_size_bytes_count", {}),
+    ("skinscreen_gateway_upload_size_bytes_sum", {}),
+    ("skinscreen_queue_depth_tasks", {"queue": "screenings"}),
+]
+
+
+def _head_age_s(stack: Stack) -> float:
+    """How long the next screening a worker takes has waited, on the database's clock."""
+    broker = Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        head = broker.lindex(QUEUE, -1)
+    finally:
+        broker.close()
+    assert head is not None, "the queue is empty"
+    screening_id = screening_id_of(head)
+    assert screening_id is not None
+    waited: float = stack.database.value(
+        "SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM screenings"
+        " WHERE id = $1",
+        screening_id,
+    )
+    return waited
+
+
 def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(stack: Stack) -> None:
+    """Counted over both uvicorn workers: what this test sent, on top of whatever the
+    module's other tests sent before it (read first, so any order works)."""
+    before = Scrape(f"{stack.gateway}/metrics")
+    counted = {(name, tuple(labels.items())): before.count(name, **labels)
+               for name, labels in GATEWAY_COUNTERS}  # fmt: skip
+
+    def added(scrape: Scrape, name: str, **labels: str) -> float:
+        return scrape.value(name, **labels) - counted[(name, tuple(labels.items()))]
+
     client = httpx.Client(base_url=stack.gateway, timeout=30, headers={"Connection": "close"})
     uploaded = 0
     for seed in range(ACCEPTED):
@@ -84,55 +137,67 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(stack: Stac
     assert [response.status_code for response in rejected] == [422, 415, 422]
     # Until both uvicorn workers have answered something, the sum proves nothing.
     health_checks = 0
-    while len(_worker_pids(stack.multiproc_dir)) < 2:
+    while health_checks == 0 or len(_worker_pids(stack.multiproc_dir)) < 2:
         assert _fresh_connection_get(f"{stack.gateway}/healthz") == 200
         health_checks += 1
         assert health_checks < 500, "one uvicorn worker took every connection"
     assert client.get("/v1/screenings", params={"limit": 2}).status_code == 200
-    time.sleep(1.0)  # the queued screenings age
 
-    # Whichever worker answers, it reports the sum over both.
-    scrapes = [Scrape(f"{stack.gateway}/metrics") for _ in range(4)]
-    for scrape in scrapes:
-        requests = "skinscreen_gateway_requests_total"
-        post = {"route": "/v1/screenings", "method": "POST"}
-        assert scrape.value(requests, **post, status="202") == ACCEPTED
-        assert scrape.value(requests, **post, status="422") == 2
-        assert scrape.value(requests, **post, status="415") == 1
-        assert scrape.value(requests, route="/healthz", method="GET") == health_checks
-        assert scrape.value(requests, route="/v1/screenings", method="GET", status="200") == 1
-        duration = "skinscreen_gateway_request_duration_seconds_count"
-        assert scrape.value(duration, **post) == ACCEPTED + len(rejected)
-        rejections = "skinscreen_gateway_rejected_inputs_total"
-        assert scrape.value(rejections, reason="less_than_equal", field="clinical.age") == 1
-        assert scrape.value(rejections, reason="enum", field="clinical.region") == 1
-        assert scrape.value(rejections, reason="extra_forbidden", field="clinical.*") == 1
-        assert scrape.value(rejections, reason="unsupported_type", field="image") == 1
-        assert scrape.value(rejections, reason="extra_forbidden", field="*") == 1
-        assert scrape.value(rejections) == 5
-        assert scrape.value("skinscreen_gateway_upload_size_bytes_count") == 6
-        assert scrape.value("skinscreen_gateway_upload_size_bytes_sum") >= uploaded
-        # Nothing consumes the queue yet: the accepted screenings wait in Redis.
-        assert scrape.value("skinscreen_queue_depth_tasks", queue="screenings") == ACCEPTED
+    # Whichever worker answers, it reports the sum over both. Nothing consumes the queue
+    # while this test runs: the accepted screenings wait in Redis, the oldest at its head.
+    for _ in range(4):
+        waited_before = _head_age_s(stack)
+        scrape = Scrape(f"{stack.gateway}/metrics")
+        waited_after = _head_age_s(stack)
+        assert added(scrape, REQUESTS, **POST, status="202") == ACCEPTED
+        assert added(scrape, REQUESTS, **POST, status="422") == 2
+        assert added(scrape, REQUESTS, **POST, status="415") == 1
+        assert added(scrape, REQUESTS, route="/healthz", method="GET") == health_checks
+        assert added(scrape, REQUESTS, route="/v1/screenings", method="GET", status="200") == 1
+        assert added(scrape, DURATION, **POST) == ACCEPTED + len(rejected)
+        assert added(scrape, REJECTIONS, reason="less_than_equal", field="clinical.age") == 1
+        assert added(scrape, REJECTIONS, reason="enum", field="clinical.region") == 1
+        assert added(scrape, REJECTIONS, reason="extra_forbidden", field="clinical.*") == 1
+        assert added(scrape, REJECTIONS, reason="unsupported_type", field="image") == 1
+        assert added(scrape, REJECTIONS, reason="extra_forbidden", field="*") == 1
+        assert added(scrape, REJECTIONS) == 5
+        assert added(scrape, "skinscreen_gateway_upload_size_bytes_count") == 6
+        assert added(scrape, "skinscreen_gateway_upload_size_bytes_sum") >= uploaded
+        assert added(scrape, "skinscreen_queue_depth_tasks", queue="screenings") == ACCEPTED
         assert scrape.value("skinscreen_queue_depth_tasks", queue="training") == 0
+        # The head's age as the database saw it just before and just after this scrape.
         age = scrape.value("skinscreen_queue_oldest_task_age_seconds", queue="screenings")
-        assert 1.0 <= age < 120
-    assert not [labels for labels in scrapes[0].labels(requests) if "smoker" in str(labels)]
+        assert 0 < waited_before <= age <= waited_after
+    assert not [labels for labels in scrape.labels(REQUESTS) if "smoker" in str(labels)]
 
 
 def test_the_queue_drains_once_a_worker_runs(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.gateway, timeout=30) as client:
+        ids = [submit(client, 20 + seed).json()["id"] for seed in range(3)]
     worker = Process(WORKER_COMMAND, stack.env, stack.folder / "worker.log")
     worker.start()
     try:
         start_worker(worker)
-        deadline = time.monotonic() + 60
-        while stack.database.value("SELECT count(*) FROM screenings WHERE status = 'done'") < 3:
-            assert time.monotonic() < deadline, "the worker did not score the queued screenings"
-            time.sleep(0.2)
+        wait_until(
+            lambda: (
+                stack.database.value(
+                    "SELECT count(*) FROM screenings"
+                    " WHERE status = 'done' AND id = ANY($1::uuid[])",
+                    ids,
+                )
+                == len(ids)
+            ),
+            "the worker scored the queued screenings",
+        )
+        # Everything queued before is taken too (a worker was running all along).
+        broker = Redis.from_url(stack.env["REDIS_URL"])
+        try:
+            wait_until(lambda: broker.llen(QUEUE) == 0, "the queue is empty")
+        finally:
+            broker.close()
         scrape = Scrape(f"{stack.gateway}/metrics")
         assert scrape.value("skinscreen_queue_depth_tasks", queue="screenings") == 0
         assert scrape.value("skinscreen_queue_oldest_task_age_seconds", queue="screenings") == 0
-        assert Redis.from_url(stack.env["REDIS_URL"]).llen("screenings") == 0
     finally:
         worker.stop()
 
@@ -141,6 +206,7 @@ def test_inference_metrics_after_real_batches(stack: Stack) -> None:
     port = free_port()
     env = {**stack.env, "METRICS_PORT": str(port)}
     worker = Process(WORKER_COMMAND, env, stack.folder / "worker-metrics.log")
+    first_batch = stack.database.value("SELECT coalesce(max(id), 0) FROM inference_batches")
     worker.start()
     try:
         start_worker(worker)
@@ -150,14 +216,21 @@ def test_inference_metrics_after_real_batches(stack: Stack) -> None:
             body = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
             assert body["status"] == "done"
         version = body["result"]["model_version"]
+        # Every batch since this worker started is its own (it is the only one running):
+        # this test's screenings, and any an earlier test left queued.
+        batches, scored_in_batches, written = stack.database.fetch(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(written), 0)"
+            " FROM inference_batches WHERE id > $1",
+            first_batch,
+        )[0]
+        assert written >= len(ids)
         scrape = Scrape(f"http://127.0.0.1:{port}/metrics")
-        batches = scrape.value("skinscreen_inference_batch_size_count")
-        assert 1 <= batches <= len(ids)
-        assert scrape.value("skinscreen_inference_batch_size_sum") == len(ids)
+        assert scrape.value("skinscreen_inference_batch_size_count") == batches
+        assert scrape.value("skinscreen_inference_batch_size_sum") == scored_in_batches
         assert scrape.value("skinscreen_inference_model_duration_seconds_count") == batches
-        assert scrape.value("skinscreen_inference_queue_wait_seconds_count") == len(ids)
+        assert scrape.value("skinscreen_inference_queue_wait_seconds_count") == scored_in_batches
         scored = "skinscreen_inference_screenings_scored_total"
-        assert scrape.value(scored, model_version=version) == len(ids)
+        assert scrape.value(scored, model_version=version) == written
         (info,) = scrape.labels("skinscreen_inference_model_info")
         assert info["model_version"] == version
         assert info["provider"] == "CPUExecutionProvider"
@@ -166,27 +239,8 @@ def test_inference_metrics_after_real_batches(stack: Stack) -> None:
         worker.stop()
 
 
-# The trainer's helpers in the layout its Deployment uses: a prefork Celery worker trains in
-# a child process, the parent serves /metrics from PROMETHEUS_MULTIPROC_DIR.
-TRAINER_PROCESSES = """
-import multiprocessing, sys, time
-from skinscreen.core.card import MetricSummary
-from skinscreen.trainer import metrics
-
-def run():
-    metrics.observe_run("succeeded", 1800.0, {"roc_auc": MetricSummary(mean=0.889, std=0.024)})
-    metrics.observe_run("failed", 30.0)
-
-metrics.serve(int(sys.argv[1]))
-child = multiprocessing.get_context("fork").Process(target=run)
-child.start()
-child.join()
-print("observed", flush=True)
-time.sleep(60)
-"""
-
 INFERENCE_PROCESS = """
-import sys, time
+import sys, threading
 from skinscreen.inference import metrics
 
 metrics.serve(int(sys.argv[1]))
@@ -200,7 +254,7 @@ metrics.observe_decisions(model_version="v1", reasons=[
 metrics.model_load_failed()
 metrics.model_loaded(name="skinscreen-fusion", version="v2", provider="CUDAExecutionProvider")
 print("observed", flush=True)
-time.sleep(60)
+threading.Event().wait()  # serve until killed
 """
 
 
@@ -224,26 +278,6 @@ def _serving(script: str, env: dict[str, str]) -> Iterator[int]:
     finally:
         process.kill()
         process.wait()
-
-
-def test_trainer_metrics_reach_the_parent_from_a_training_child(tmp_path: Path) -> None:
-    multiproc_dir = tmp_path / "trainer-metrics"
-    multiproc_dir.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
-    with _serving(TRAINER_PROCESSES, env) as port:
-        scrape = Scrape(f"http://127.0.0.1:{port}/metrics")
-        assert scrape.value("skinscreen_trainer_runs_total", outcome="succeeded") == 1
-        assert scrape.value("skinscreen_trainer_runs_total", outcome="failed") == 1
-        duration = "skinscreen_trainer_run_duration_seconds"
-        assert scrape.value(f"{duration}_sum", outcome="succeeded") == 1800.0
-        assert scrape.value(f"{duration}_count", outcome="failed") == 1
-        assert scrape.value(f"{duration}_bucket", outcome="succeeded", le="1800.0") == 1
-        assert scrape.value(f"{duration}_bucket", outcome="succeeded", le="1200.0") == 0
-        metric = "skinscreen_trainer_last_run_metric_ratio"
-        assert scrape.value(metric, metric="roc_auc", statistic="mean") == pytest.approx(0.889)
-        assert scrape.value(metric, metric="roc_auc", statistic="std") == pytest.approx(0.024)
-        finished = "skinscreen_trainer_last_run_finished_timestamp_seconds"
-        assert abs(scrape.value(finished, outcome="failed") - time.time()) < 120
 
 
 def test_inference_metric_helpers_serve_what_they_observed() -> None:
