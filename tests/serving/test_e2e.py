@@ -9,9 +9,14 @@ import httpx
 import pytest
 
 from skinscreen.core.card import latest_version, verified_model
-from tests.serving.conftest import check_result, direct_run
+from tests.serving.conftest import both_classes, check_result, direct_run, ranking_auc
 
-N_PHOTOS = 12
+# Real cancers and real benign lesions, alternating.
+PER_CLASS = 8
+# The served probabilities must rank the cancers above the benign lesions: a model that
+# answers the same value for every photo (AUC 0.5) must not pass. The shipped model ranks
+# these 16 photos perfectly; the bound leaves room for a retrained one.
+MIN_AUC = 0.8
 
 pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 
@@ -19,7 +24,7 @@ pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 def test_real_photos_match_a_direct_onnx_run(
     gateway: str, photos, model_store: Path, database, blob_dir: Path, submit_photo
 ) -> None:
-    chosen = photos[:N_PHOTOS]
+    chosen = both_classes(photos, PER_CLASS)
     # The same model on the same preprocessed input, straight through ONNX Runtime.
     model_path, card = verified_model(latest_version(model_store, "skinscreen-fusion"))
     expected = direct_run(model_path, card, chosen)
@@ -40,6 +45,8 @@ def test_real_photos_match_a_direct_onnx_run(
         # Probabilities, diagnoses (when the model outputs them), thresholds, reasons.
         check_result(result["result"], card, expected, index)
         assert result["completed_at"] is not None
+    served = [result["result"]["cancer_probability"] for result in results]
+    assert ranking_auc(served, [photo.label for photo in chosen]) >= MIN_AUC, served
     # The original upload is kept byte for byte in the blob store.
     for photo, response in zip(chosen, accepted, strict=True):
         key = database.value(

@@ -27,10 +27,13 @@ from skinscreen.runtime import registry
 from skinscreen.runtime.queue import queue_for
 from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.conftest import DESIGN_EXAMPLE
-from tests.serving.conftest import Process, start_worker
+from tests.serving.conftest import Process, ranking_auc, start_worker
 
 IMAGE_ONLY = "skinscreen-dermoscopy"
-N_PHOTOS = 6
+N_PHOTOS = 10
+# The served probabilities rank the malignant photos above the benign ones (the shipped
+# model ranks these 10 perfectly): a model answering one value for all would score 0.5.
+MIN_AUC = 0.8
 
 pytestmark = pytest.mark.data  # real HAM10000 and PAD-UFES-20 photos; skipped when absent
 
@@ -96,6 +99,10 @@ def test_a_photo_alone_is_screened_by_the_image_only_model(
         assert result["result"]["model_version"] == card.version
         assert result["result"]["threshold"] == pytest.approx(card.decision_threshold.value)
         assert abs(result["result"]["cancer_probability"] - float(probability)) <= 1e-5
+    served = [result["result"]["cancer_probability"] for result in results]
+    # dermoscopy_photos alternate malignant and benign, malignant first.
+    labels = [1 - index % 2 for index in range(N_PHOTOS)]
+    assert ranking_auc(served, labels) >= MIN_AUC, served
     assert [result["clinical"] for result in results[:-1]] == [None] * (N_PHOTOS - 1)
     assert results[-1]["clinical"] == DESIGN_EXAMPLE
     # Its worker, not the fusion model's, scored them: one version per batch, this one.
@@ -126,10 +133,13 @@ def test_the_fusion_model_still_reads_the_clinical_answers(
     )
 
 
-def test_screenings_are_listed_by_model(gateway: str, image_only_worker: Process, database) -> None:
+def test_screenings_are_listed_by_model(
+    gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
+) -> None:
     with httpx.Client(base_url=gateway, timeout=30) as client:
+        # Its own screenings, more than a page of them, whichever tests ran before.
+        ours = [_post(client, photo).json()["id"] for photo in dermoscopy_photos[:5]]
         sent = database.value("SELECT count(*) FROM screenings WHERE model_name = $1", IMAGE_ONLY)
-        assert sent >= N_PHOTOS  # from the first test
         pages, cursor = [], None
         while True:
             params: dict[str, str | int] = {"model": IMAGE_ONLY, "limit": 4}
@@ -141,6 +151,7 @@ def test_screenings_are_listed_by_model(gateway: str, image_only_worker: Process
                 break
         listed = [item for items in pages for item in items]
         assert len(listed) == sent
+        assert set(ours) <= {item["id"] for item in listed}
         assert {item["model"] for item in listed} == {IMAGE_ONLY}
         assert len(pages) > 1  # the cursor and the filter together
         unknown = client.get("/v1/screenings", params={"model": "no-such-model"}).json()
