@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -501,23 +502,150 @@ def test_in_cluster_servers_only_take_the_services(
         assert namespaces == (expected if name == "skinscreen-redis" else [])
 
 
-def test_overlays_scale_as_they_say(rendered: dict[str, Overlay]) -> None:
-    def counts(name: str) -> tuple[int, ...]:
-        hpa = rendered[name].get("HorizontalPodAutoscaler", "skinscreen-gateway")["spec"]
-        found = [hpa["minReplicas"], hpa["maxReplicas"]]
-        for worker in INFERENCE_OF.values():
-            scaled = rendered[name].get("ScaledObject", worker)["spec"]
-            found += [scaled["minReplicaCount"], scaled["maxReplicaCount"]]
-        return tuple(found)
+# README's Deploy section, whitespace folded: the numbers it promises are read from it, so
+# README and the manifests cannot drift apart without a test failing.
+README = " ".join((REPO / "README.md").read_text().split())
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "ten": 10}
 
-    # One replica of everything, every model's worker included.
-    assert counts("dev") == (1, 1, 1, 1, 1, 1)
-    assert all(p > g for p, g in zip(counts("prod"), counts("gpu"), strict=True))
+
+def promised(pattern: str) -> re.Match[str]:
+    found = re.search(pattern, README)
+    assert found, f"README no longer says {pattern!r}: pin what it says now"
+    return found
+
+
+def _number(text: str) -> int:
+    return NUMBER_WORDS[text] if text in NUMBER_WORDS else int(text)
+
+
+def _replicas(text: str) -> tuple[int, int]:
+    """ "2-10" -> (2, 10); "1" -> (1, 1)."""
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def _replica_table() -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """README's overlay table: (gateway, inference) replica ranges of each overlay."""
+    ranges = {}
+    for overlay in OVERLAYS:
+        row = promised(rf"\| `{overlay}` \|(?:[^|]*\|){{3}} ([^|]+) \|").group(1)
+        gateway, inference = (part.split()[0] for part in row.split(", "))
+        ranges[overlay] = (_replicas(gateway), _replicas(inference))
+    return ranges
+
+
+def _hpa_behavior(scaled: dict[str, Any]) -> dict[str, Any]:
+    behavior: dict[str, Any] = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    return behavior
+
+
+def test_replica_ranges_are_the_ones_readme_gives(rendered: dict[str, Overlay]) -> None:
+    table = _replica_table()
+    dermoscopy = promised(
+        r"pod per \d+ waiting screenings \((\S+) in `dev`, (\S+) in `gpu`, (\S+) in `prod`\)"
+    )
+    for index, overlay in enumerate(OVERLAYS, 1):
+        objects = rendered[overlay]
+        hpa = objects.get("HorizontalPodAutoscaler", "skinscreen-gateway")["spec"]
+        scaled = {name: objects.get("ScaledObject", name)["spec"] for name in INFERENCE_OF.values()}
+        found = {
+            "gateway": (hpa["minReplicas"], hpa["maxReplicas"]),
+            **{
+                name: (spec["minReplicaCount"], spec["maxReplicaCount"])
+                for name, spec in scaled.items()
+            },
+        }
+        assert found == {
+            "gateway": table[overlay][0],
+            INFERENCE_OF[DEFAULT_MODEL_NAME]: table[overlay][1],
+            INFERENCE_OF[DERMOSCOPY]: _replicas(dermoscopy.group(index)),
+        }, overlay
     assert not rendered["prod"].of_kind("StatefulSet"), "prod uses managed PostgreSQL and Redis"
     assert {s["metadata"]["name"] for s in rendered["dev"].of_kind("StatefulSet")} == {
         "skinscreen-postgres",
         "skinscreen-redis",
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling_targets_and_policies_are_the_ones_readme_gives(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    objects = rendered[overlay]
+    # "The gateway scales on CPU (HorizontalPodAutoscaler, 70 %)."
+    utilization = int(promised(r"scales on CPU \(HorizontalPodAutoscaler, (\d+) %\)").group(1))
+    (metric,) = objects.get("HorizontalPodAutoscaler", "skinscreen-gateway")["spec"]["metrics"]
+    assert metric == {
+        "type": "Resource",
+        "resource": {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": utilization},
+        },
+    }
+    # "KEDA adds a pod per 64 waiting (32 on CPU), at most two pods a minute, and removes one
+    # every two minutes after five quiet ones"
+    inference = promised(
+        r"KEDA adds a pod per (\d+) waiting \((\d+) on CPU\), at most (\w+) pods a minute,"
+        r" and removes (\w+) every (\w+) minutes after (\w+) quiet ones"
+    )
+    per_gpu_pod, per_cpu_pod = int(inference.group(1)), int(inference.group(2))
+    up, down, down_minutes, quiet_minutes = (_number(inference.group(i)) for i in (3, 4, 5, 6))
+    default = objects.get("ScaledObject", INFERENCE_OF[DEFAULT_MODEL_NAME])["spec"]
+    pod = objects.get("Deployment", INFERENCE_OF[DEFAULT_MODEL_NAME])["spec"]["template"]["spec"]
+    on_gpu = GPU in json.dumps(pod)
+    (trigger,) = default["triggers"]
+    assert int(trigger["metadata"]["listLength"]) == (per_gpu_pod if on_gpu else per_cpu_pod)
+    behavior = _hpa_behavior(default)
+    assert behavior["scaleUp"]["policies"] == [{"type": "Pods", "value": up, "periodSeconds": 60}]
+    assert behavior["scaleDown"]["policies"] == [
+        {"type": "Pods", "value": down, "periodSeconds": 60 * down_minutes}
+    ]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 60 * quiet_minutes
+    # The dermoscopy worker: "It adds a pod per 32 waiting screenings (...), at most two a
+    # minute, and, ..., removes one a minute after two quiet ones."
+    dermoscopy = promised(
+        r"It adds a pod per (\d+) waiting screenings \([^)]*\), at most (\w+) a minute, and,"
+        r" since a CPU pod starts in seconds, removes (\w+) a minute after (\w+) quiet ones"
+    )
+    scaled = objects.get("ScaledObject", INFERENCE_OF[DERMOSCOPY])["spec"]
+    (trigger,) = scaled["triggers"]
+    assert int(trigger["metadata"]["listLength"]) == int(dermoscopy.group(1))
+    behavior = _hpa_behavior(scaled)
+    assert behavior["scaleUp"]["policies"] == [
+        {"type": "Pods", "value": _number(dermoscopy.group(2)), "periodSeconds": 60}
+    ]
+    assert behavior["scaleDown"]["policies"] == [
+        {"type": "Pods", "value": _number(dermoscopy.group(3)), "periodSeconds": 60}
+    ]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 60 * _number(dermoscopy.group(4))
+    for spec in (default, scaled):
+        # Scaling up is never held back by a window: "at most N a minute" is the only brake.
+        assert _hpa_behavior(spec)["scaleUp"].get("stabilizationWindowSeconds", 0) == 0
+        assert "selectPolicy" not in _hpa_behavior(spec)["scaleUp"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shutdown_times_are_the_ones_readme_gives(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    """ "A gateway pod leaves the Service's endpoints during a 5 s pre-stop pause, ... (a long
+    poll lasts at most 30 s; the grace period is 45 s). An inference pod gets 150 s"."""
+    gateway_promise = promised(
+        r"during a (\d+) s pre-stop pause, .*\(a long poll lasts at most (\d+) s; the grace"
+        r" period is (\d+) s\)\. An inference pod gets (\d+) s"
+    )
+    pause_s, long_poll_s, grace_s, inference_s = (
+        int(gateway_promise.group(i)) for i in (1, 2, 3, 4)
+    )
+    objects = rendered[overlay]
+    pod = objects.get("Deployment", "skinscreen-gateway")["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    assert gateway["lifecycle"]["preStop"]["sleep"]["seconds"] == pause_s
+    assert pod["terminationGracePeriodSeconds"] == grace_s
+    assert GatewaySettings.model_fields["MAX_WAIT_S"].default == long_poll_s
+    for name in INFERENCE_OF.values():
+        worker = objects.get("Deployment", name)["spec"]["template"]["spec"]
+        assert worker["terminationGracePeriodSeconds"] == inference_s, name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
