@@ -139,6 +139,10 @@ def test_screenings_are_listed_by_model(
     with httpx.Client(base_url=gateway, timeout=30) as client:
         # Its own screenings, more than a page of them, whichever tests ran before.
         ours = [_post(client, photo).json()["id"] for photo in dermoscopy_photos[:5]]
+        # Scored before the module's worker stops: no screening is left queued for ever.
+        for screening_id in ours:
+            read = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30})
+            assert read.json()["status"] == "done", read.text
         sent = database.value("SELECT count(*) FROM screenings WHERE model_name = $1", IMAGE_ONLY)
         pages, cursor = [], None
         while True:
