@@ -131,6 +131,8 @@ class DermoscopyConfig(BaseModel):
             mode=self.lite0_mode,
             views=self.lite0_views,
             ensemble=1,
+            # The photo as it is: the comparison predates test-time views.
+            test_time_views=1,
             epochs=self.lite0_epochs,
             learning_rate=self.lite0_learning_rate,
             seed=self.seed,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -118,6 +120,38 @@ class OuterFold:
     # what the fold's rule is chosen from, and re-chosen from for other targets.
     inner: np.ndarray
     rule: ChosenRule
+
+
+class OutOfFold(Protocol):
+    """Out-of-fold predictions and suspicious calls, one set per repeat: a nested
+    cross-validation just run, or one read back from a run folder's validation.npz."""
+
+    @property
+    def diagnoses(self) -> np.ndarray: ...
+
+    @property
+    def groups(self) -> np.ndarray: ...
+
+    @property
+    def probabilities(self) -> np.ndarray: ...
+
+    @property
+    def flagged(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class SavedOutOfFold:
+    diagnoses: np.ndarray
+    groups: np.ndarray
+    probabilities: np.ndarray
+    flagged: np.ndarray
+
+    @classmethod
+    def load(cls, path: Path) -> SavedOutOfFold:
+        with np.load(path) as saved:
+            return cls(
+                saved["diagnoses"], saved["groups"], saved["probabilities"], saved["flagged"]
+            )
 
 
 @dataclass
@@ -234,7 +268,7 @@ def _share(flagged: np.ndarray, rows: np.ndarray) -> float:
 
 
 def pooled_metrics(
-    cv: NestedCrossValidation, flagged: np.ndarray, weights: np.ndarray | None = None
+    cv: OutOfFold, flagged: np.ndarray, weights: np.ndarray | None = None
 ) -> dict[str, float]:
     """Metrics over all photos, each photo's flag averaged over the repeats (each repeat
     scored it once, from a model and rule that never saw it); `weights` count each photo
@@ -278,7 +312,7 @@ class PooledEstimates:
 
 
 def pooled_estimates(
-    cv: NestedCrossValidation,
+    cv: OutOfFold,
     flagged: np.ndarray | None = None,
     rounds: int = BOOTSTRAP_ROUNDS,
     seed: int = 0,
