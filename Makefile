@@ -75,7 +75,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/core/src libs/runtime/src services/trainer/src services/gateway/src \
-		services/inference/src tests
+		services/inference/src tests research
 
 K8S_VENV ?= .venv-k8s
 K8S_INSTALLED := $(K8S_VENV)/.installed

@@ -63,7 +63,8 @@ def test_card_thresholds_and_figures_follow_from_the_runs_predictions(
     """Not a re-read of the card: its thresholds are chosen again, and its out-of-sample
     figures computed again, from the out-of-fold predictions the run saved."""
     _, card = verified_model(shipped)
-    assert card.melanoma_threshold is not None and card.out_of_sample is not None
+    assert card.melanoma_threshold is not None
+    assert card.out_of_sample is not None
     targets = RuleTargets(
         card.decision_threshold.recall_target or 0.0,
         card.melanoma_threshold.recall_target,

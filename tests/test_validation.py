@@ -157,8 +157,14 @@ def test_intervals_cover_the_point_estimate_and_narrow_with_more_patients() -> N
     widths = []
     for patients in (60, 400):
         diagnoses, groups = _data(n_patients=patients, seed=1)
+
+        def fit_predict(
+            train: np.ndarray, test: np.ndarray, seed: int, known: np.ndarray = diagnoses
+        ) -> np.ndarray:
+            return _informative(known, test, seed)
+
         cv = nested_cross_validate(
-            lambda train, test, seed, d=diagnoses: _informative(d, test, seed),
+            fit_predict,
             diagnoses,
             groups,
             repeats=2,
