@@ -27,7 +27,7 @@ import onnxruntime as ort
 import pytest
 from redis import Redis
 
-from skinscreen.core.card import ModelCard, read_card
+from skinscreen.core.card import ModelCard, read_card, verified_model
 from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.decision import DecisionRule
 from skinscreen.core.imaging import load_and_preprocess
@@ -170,6 +170,16 @@ def model_store() -> Path:
     store = REPO / "models"
     assert any((store / MODEL_NAME).glob("*/card.json")), f"no {MODEL_NAME} shipped in {store}"
     return store
+
+
+def served_model(database: Database, name: str) -> tuple[Path, ModelCard]:
+    """The model file and card of `name`'s active version in the stack's registry: what the
+    workers serve, whichever versions models/ holds by now."""
+    uri = database.value(
+        "SELECT artifact_uri FROM model_versions WHERE name = $1 AND status = 'active'", name
+    )
+    assert uri is not None, f"no active version of {name}"
+    return verified_model(Path(uri.removeprefix("file://")))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from celery import Celery
 from PIL import Image
 from pillow_heif import register_heif_opener
 
-from skinscreen.core.card import latest_version, verified_model
 from skinscreen.core.clinical import encode
 from skinscreen.core.imaging import preprocess
 from skinscreen.inference import store
@@ -24,6 +23,7 @@ from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     IDLE_GATEWAY,
     database_clock,
+    served_model,
     submit,
     wait_until_a_long_poll_is_held,
 )
@@ -51,7 +51,7 @@ def _encoded(photo_path: Path, fmt: str) -> bytes:
 @pytest.mark.parametrize(("fmt", "media_type"), [("PNG", "image/png"), ("WEBP", "image/webp"),
                                                  ("HEIF", "image/heic")])  # fmt: skip
 def test_png_webp_and_heic_with_exif_orientation(
-    client, photos, model_store: Path, fmt: str, media_type: str
+    client, photos, database, fmt: str, media_type: str
 ) -> None:
     photo = photos[0]
     data = _encoded(photo.path, fmt)
@@ -64,7 +64,7 @@ def test_png_webp_and_heic_with_exif_orientation(
     result = client.get(response.headers["Location"], params={"wait": 30}).json()
     assert result["status"] == "done", result
 
-    model_path, card = verified_model(latest_version(model_store, "skinscreen-fusion"))
+    model_path, card = served_model(database, "skinscreen-fusion")
     with Image.open(io.BytesIO(data)) as image:
         pixels = preprocess(image, card.input_size)
     with Image.open(photo.path) as original:

@@ -8,8 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from skinscreen.core.card import latest_version, verified_model
-from tests.serving.conftest import both_classes, check_result, direct_run, ranking_auc
+from tests.serving.conftest import (
+    both_classes,
+    check_result,
+    direct_run,
+    ranking_auc,
+    served_model,
+)
 
 # Real cancers and real benign lesions, alternating.
 PER_CLASS = 8
@@ -22,11 +27,11 @@ pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 
 
 def test_real_photos_match_a_direct_onnx_run(
-    gateway: str, photos, model_store: Path, database, blob_dir: Path, submit_photo
+    gateway: str, photos, database, blob_dir: Path, submit_photo
 ) -> None:
     chosen = both_classes(photos, PER_CLASS)
     # The same model on the same preprocessed input, straight through ONNX Runtime.
-    model_path, card = verified_model(latest_version(model_store, "skinscreen-fusion"))
+    model_path, card = served_model(database, "skinscreen-fusion")
     expected = direct_run(model_path, card, chosen)
     with httpx.Client(base_url=gateway, timeout=60) as client:
         accepted = [submit_photo(client, photo) for photo in chosen]

@@ -20,14 +20,13 @@ import onnxruntime as ort
 import pytest
 from celery import Celery
 
-from skinscreen.core.card import latest_version, verified_model
 from skinscreen.core.ham10000 import load_ham10000
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.runtime import registry
 from skinscreen.runtime.queue import queue_for
 from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.conftest import DESIGN_EXAMPLE
-from tests.serving.conftest import Process, ranking_auc, start_worker
+from tests.serving.conftest import Process, ranking_auc, served_model, start_worker
 
 IMAGE_ONLY = "skinscreen-dermoscopy"
 N_PHOTOS = 10
@@ -73,10 +72,9 @@ def _post(
 
 
 def test_a_photo_alone_is_screened_by_the_image_only_model(
-    gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], model_store: Path,
-    database,
-) -> None:  # fmt: skip
-    model_path, card = verified_model(latest_version(model_store, IMAGE_ONLY))
+    gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
+) -> None:
+    model_path, card = served_model(database, IMAGE_ONLY)
     assert card.inputs == ("image",)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == ["image"]
@@ -261,9 +259,9 @@ def test_bad_clinical_answers_are_refused_even_for_the_image_only_model(
     ]
 
 
-def test_a_model_name_keeps_its_inputs(stack_env: dict[str, str], model_store: Path) -> None:
+def test_a_model_name_keeps_its_inputs(stack_env: dict[str, str], database) -> None:
     """A version taking other inputs is refused: the gateway decides by a name's inputs."""
-    _, card = verified_model(latest_version(model_store, IMAGE_ONLY))
+    _, card = served_model(database, IMAGE_ONLY)
     other = card.model_copy(update={"version": "20990101.000000", "inputs": ("image", "clinical")})
 
     async def register() -> None:
