@@ -100,7 +100,9 @@ def _head_age_s(stack: Stack) -> float:
     return waited
 
 
-def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(stack: Stack) -> None:
+def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(
+    stack: Stack, request: pytest.FixtureRequest
+) -> None:
     """Counted over both uvicorn workers: what this test sent, on top of whatever the
     module's other tests sent before it (read first, so any order works)."""
     before = Scrape(f"{stack.gateway}/metrics")
@@ -111,6 +113,7 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(stack: Stac
         return scrape.value(name, **labels) - counted[(name, tuple(labels.items()))]
 
     client = httpx.Client(base_url=stack.gateway, timeout=30, headers={"Connection": "close"})
+    request.addfinalizer(client.close)
     uploaded = 0
     for seed in range(ACCEPTED):
         response = submit(client, seed)
@@ -210,11 +213,11 @@ def test_inference_metrics_after_real_batches(stack: Stack) -> None:
     worker.start()
     try:
         start_worker(worker)
-        client = httpx.Client(base_url=stack.gateway, timeout=30)
-        ids = [submit(client, 100 + seed).json()["id"] for seed in range(10)]
-        for screening_id in ids:
-            body = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
-            assert body["status"] == "done"
+        with httpx.Client(base_url=stack.gateway, timeout=30) as client:
+            ids = [submit(client, 100 + seed).json()["id"] for seed in range(10)]
+            for screening_id in ids:
+                body = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
+                assert body["status"] == "done"
         version = body["result"]["model_version"]
         # Every batch since this worker started is its own (it is the only one running):
         # this test's screenings, and any an earlier test left queued.
@@ -278,6 +281,8 @@ def _serving(script: str, env: dict[str, str]) -> Iterator[int]:
     finally:
         process.kill()
         process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 def test_inference_metric_helpers_serve_what_they_observed() -> None:

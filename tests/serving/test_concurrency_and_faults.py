@@ -67,9 +67,10 @@ def test_200_concurrent_screenings_complete_in_real_batches(gateway: str, photos
 
 
 def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
-    gateway: str, photos, database, worker, restart_worker, stack_env
+    gateway: str, photos, database, worker, restart_worker, stack_env, request
 ) -> None:
     broker = Redis.from_url(stack_env["REDIS_URL"])
+    request.addfinalizer(broker.close)
     # Screenings other tests sent and did not wait for are scored first, so every batch
     # from here on holds this test's screenings alone.
     wait_until(
@@ -117,4 +118,3 @@ def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
         "SELECT count(*) FROM screenings WHERE id = ANY($1::uuid[]) AND attempts > 1", ids
     )
     assert redelivered > 0, "no task was redelivered after the kill"
-    broker.close()

@@ -194,9 +194,8 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
         )
 
     announced = run(lifecycle, forced)
-    Redis.from_url(lifecycle.env["REDIS_URL"]).publish(
-        registry.ACTIVATIONS_CHANNEL, registry.activation_message(announced)
-    )
+    with Redis.from_url(lifecycle.env["REDIS_URL"]) as redis:
+        redis.publish(registry.ACTIVATIONS_CHANNEL, registry.activation_message(announced))
     wait_until(
         lambda: (
             "could not load skinscreen-fusion 29990101.000002" in lifecycle.worker.log.read_text()
