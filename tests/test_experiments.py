@@ -145,11 +145,14 @@ def test_settings_share_one_trunk_cache(pad_ufes_dir: Path) -> None:
     dataset = select_subset(load_pad_ufes(pad_ufes_dir), 20, 0)
     base = Trainer(config, dataset, load_images(dataset, 64))
     other = base.for_config(head_config(config, 0.1, False, "none"))
-    assert other.trunk_views is base.trunk_views
-    assert other.clean_trunk is base.clean_trunk
+    # Features mode (the default) keeps the pooled features, not the trunk maps.
+    assert base.feature_views is not None
+    assert base.clean_features is not None
+    assert other.feature_views is base.feature_views
+    assert other.clean_features is base.clean_features
     assert other.template.spec.n_image_features == 198
     assert not other.template.spec.use_clinical
-    assert base.config.clinical_share == 0.3  # the original is left as it was
+    assert base.config.clinical_share == 0.5  # the original is left as it was
     with pytest.raises(ValueError, match="cannot reuse the cached trunk maps: views differ"):
         base.for_config(config.model_copy(update={"views": 2}))
 

@@ -87,7 +87,7 @@ def test_published_model_honours_the_onnx_contract(
 ) -> None:
     model_path, card = verified_model(smoke_run["published"])
     assert card.input_size == 224
-    assert card.n_image_features == 51
+    assert card.n_image_features == 22  # clinical share 0.5
     assert card.folds == 5
     assert card.decision_threshold.method == "recall"
     assert card.decision_threshold.recall_target == 0.95
