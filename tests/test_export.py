@@ -66,6 +66,9 @@ def test_export_keeps_the_contract_and_matches_pytorch(
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image", "clinical"]
     assert [o.name for o in session.get_outputs()] == [name for name, _ in outputs]
+    # The declared signature: batch dynamic, six diagnoses (also with test-time views).
+    assert [o.shape[1:] for o in session.get_outputs()] == [list(shape[1:]) for _, shape in outputs]
+    assert all(isinstance(o.shape[0], str) for o in session.get_outputs())
     # A batch size never seen at export time.
     more_images, more_clinical = _inputs(7)
     served = session.run(None, {"image": more_images, "clinical": more_clinical})

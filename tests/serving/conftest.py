@@ -154,6 +154,8 @@ def wait_until_a_long_poll_is_held(database: Database, since: datetime, applicat
     wait_until(
         lambda: any(
             row["state"] == "idle"
+            # A pool connection that has run nothing yet has no query_start.
+            and row["query_start"] is not None
             and row["query_start"] >= since
             and not row["query"].startswith("LISTEN")
             for row in activity()

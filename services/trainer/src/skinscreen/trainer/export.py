@@ -94,6 +94,22 @@ def _declare_contract_inputs(path: Path) -> None:
     onnx.save(graph, str(path))
 
 
+def _declare_diagnosis_width(path: Path) -> None:
+    """Declare `diagnosis_probabilities` as [batch, 6], as the contract says.
+
+    Averaging over test-time views reshapes the batch, and the exporter then names the
+    class axis symbolically; a client reading the graph's signature should see the six.
+    """
+    graph = onnx.load(str(path))
+    for output in graph.graph.output:
+        if output.name == DIAGNOSIS_OUTPUT_NAME:
+            dims = output.type.tensor_type.shape.dim
+            dims[0].dim_param = "batch"
+            dims[1].Clear()
+            dims[1].dim_value = len(DIAGNOSES)
+            onnx.save(graph, str(path))
+
+
 def export_onnx(
     model: ScreeningEnsemble, path: Path, images: np.ndarray, clinical: np.ndarray
 ) -> float:
@@ -110,6 +126,7 @@ def export_onnx(
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
     trace_to_onnx(model, example, path, INPUT_NAMES, model.output_names)
     _declare_contract_inputs(path)
+    _declare_diagnosis_width(path)
     with torch.inference_mode():
         outputs = model(torch.from_numpy(images), torch.from_numpy(clinical))
     references = {
