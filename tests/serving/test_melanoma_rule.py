@@ -10,7 +10,6 @@ provably exercised.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import Counter
@@ -32,7 +31,6 @@ from skinscreen.core.card import (
 from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
 from skinscreen.inference.model import ModelOutputsError, load_model
 from skinscreen.runtime import registry
-from skinscreen.runtime.database import create_pool
 from tests.deploy.conftest import Scrape
 from tests.serving.conftest import (
     MODEL_NAME,
@@ -43,6 +41,7 @@ from tests.serving.conftest import (
     direct_run,
     submit,
 )
+from tests.serving.variants import run
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(900)]
 
@@ -91,17 +90,6 @@ def choose_thresholds(direct: DirectRun) -> tuple[float, float]:
             f"cancer {np.round(cancer, 4).tolist()}, melanoma {np.round(melanoma, 4).tolist()}"
         )
     return best[1]
-
-
-def registry_call(lifecycle: Lifecycle, work: Any) -> Any:
-    async def go() -> Any:
-        pool = await create_pool(lifecycle.env["DATABASE_URL"], max_size=2)
-        try:
-            return await work(pool)
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
 
 
 def promote(lifecycle: Lifecycle, version: str) -> dict[str, Any]:
@@ -171,7 +159,7 @@ def dual_model(
     folder = publish(Path(lifecycle.store.base), model_path, card)
     assert read_card(folder) == card
     uri = lifecycle.store.uri(MODEL_NAME, DUAL_VERSION)
-    registry_call(lifecycle, lambda pool: registry.register(pool, card, uri))
+    run(lifecycle, lambda pool: registry.register(pool, card, uri))
     return DualModel(card, folder, chosen, direct)
 
 
