@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MODEL_FILE: Final = "model.onnx"
 Output = Literal["cancer_probability", "diagnosis_probabilities"]
+CANCER_OUTPUT: Final = "cancer_probability"
+DIAGNOSIS_OUTPUT: Final = "diagnosis_probabilities"
 # The graph's outputs in the contract's order; a model has the first, or both.
-OUTPUTS: Final[tuple[Output, ...]] = ("cancer_probability", "diagnosis_probabilities")
+OUTPUTS: Final[tuple[Output, ...]] = (CANCER_OUTPUT, DIAGNOSIS_OUTPUT)
 CARD_FILE: Final = "card.json"
 
 
@@ -142,7 +144,7 @@ class ModelCard(BaseModel):
 
     @property
     def has_diagnoses(self) -> bool:
-        return "diagnosis_probabilities" in self.outputs
+        return DIAGNOSIS_OUTPUT in self.outputs
 
 
 class ModelIntegrityError(RuntimeError):

@@ -2,8 +2,8 @@
 
 Suspicious when the cancer probability reaches the card's cancer threshold, or
 when the melanoma probability reaches the melanoma threshold (models that
-output the six diagnoses). Worker, gateway, bench, trainer and the promotion
-gate all decide through here, so the rule is written once.
+output the six diagnoses). The inference worker, the trainer (validation and
+`evaluate`) and the tests decide through here, so the rule is written once.
 """
 
 from __future__ import annotations

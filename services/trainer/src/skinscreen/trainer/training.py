@@ -482,8 +482,8 @@ class Trainer:
 
     def predict(self, ensemble: ScreeningEnsemble, indices: np.ndarray) -> np.ndarray:
         """Mean cancer probability of the members on the rows `indices`, on the clean photos."""
-        members = [member for member in ensemble.members if isinstance(member, ScreeningModel)]
-        return np.mean([self._predict_member(member, indices) for member in members], axis=0)
+        cancer_classes = np.array(ensemble.spec.cancer_classes)
+        return self.predict_classes(ensemble, indices)[:, cancer_classes].sum(axis=1)
 
     def predict_classes(self, ensemble: ScreeningEnsemble, indices: np.ndarray) -> np.ndarray:
         """Mean class probabilities of the members on the rows `indices`: [N, classes],
@@ -492,13 +492,6 @@ class Trainer:
         return np.mean(
             [self._map_rows(member, indices, _class_probabilities(member)) for member in members],
             axis=0,
-        )
-
-    def _predict_member(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:
-        return self._map_rows(
-            model,
-            indices,
-            lambda features, clinical: model.cancer_probability(model.head(features, clinical)),
         )
 
     def fused_features(self, model: ScreeningModel, indices: np.ndarray) -> np.ndarray:

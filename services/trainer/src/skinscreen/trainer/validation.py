@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from skinscreen.core.card import DecisionThreshold, Estimate, OutOfSample
 from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
 from skinscreen.core.pad_ufes import CANCER_DIAGNOSES, DIAGNOSES
-from skinscreen.trainer.evaluation import choose_threshold
+from skinscreen.trainer.evaluation import choose_threshold, group_bootstrap_weights
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
 # (training rows, rows to predict, seed) -> [len(rows to predict), 2]: the cancer
@@ -114,6 +114,7 @@ def choose_rule(
 @dataclass
 class OuterFold:
     repeat: int
+    index: int
     train: np.ndarray
     test: np.ndarray
     # Inner out-of-fold [cancer, melanoma] probabilities of the training rows, by `train`:
@@ -187,14 +188,13 @@ class NestedCrossValidation:
     def cancer_labels(self) -> np.ndarray:
         return CANCER_MASK[self.diagnoses].astype(np.int64)
 
-    def fold_metrics(self, flagged: np.ndarray | None = None) -> list[dict[str, float]]:
+    def fold_metrics(self) -> list[dict[str, float]]:
         """Each outer fold's metrics under its own rule."""
-        flagged = self.flagged if flagged is None else flagged
         return [
             rule_metrics(
                 self.diagnoses[fold.test],
                 self.probabilities[fold.repeat, fold.test],
-                flagged[fold.repeat, fold.test],
+                self.flagged[fold.repeat, fold.test],
             )
             for fold in self.folds
         ]
@@ -232,7 +232,7 @@ def nested_cross_validate(
                 )
             rule = choose_rule(diagnoses[train], inner, targets)
             probabilities[repeat, test] = fit_predict(train, test, fold_seed)
-            folds.append(OuterFold(repeat, train, test, inner, rule))
+            folds.append(OuterFold(repeat, index, train, test, inner, rule))
             progress(
                 f"repeat {repeat + 1}/{repeats} fold {index + 1}/{n_folds}: thresholds "
                 f"cancer {rule.cancer:.4f}, melanoma {rule.melanoma}"
@@ -247,24 +247,34 @@ def rule_metrics(
 ) -> dict[str, float]:
     """Cancer vs not (and melanoma) metrics of `flagged` suspicious calls."""
     cancer = CANCER_MASK[diagnoses]
-    melanoma = diagnoses == MELANOMA_INDEX
-    recall = _share(flagged, cancer)
-    specificity = 1.0 - _share(flagged, ~cancer)
-    metrics = {
+    rate, weights = flagged.astype(np.float64), np.ones(len(flagged))
+    return {
         "roc_auc": float(roc_auc_score(cancer, probabilities[:, CANCER]))
         if 0 < cancer.sum() < len(cancer)
         else float("nan"),
+        **_rule_rates(cancer, rate, weights),
+        "melanoma_recall": _share(rate, weights, diagnoses == MELANOMA_INDEX),
+    }
+
+
+def _share(rate: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> float:
+    """The weighted share of `rows` called suspicious (`rate`: 0 to 1 per photo)."""
+    total = weights[rows].sum()
+    return float((weights * rate)[rows].sum() / total) if total else float("nan")
+
+
+def _rule_rates(cancer: np.ndarray, rate: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    """Recall, specificity, balanced accuracy and precision of suspicious calls."""
+    recall, specificity = _share(rate, weights, cancer), 1.0 - _share(rate, weights, ~cancer)
+    flagged_weight = (weights * rate).sum()
+    return {
         "recall": recall,
         "specificity": specificity,
         "balanced_accuracy": (recall + specificity) / 2,
-        "precision": float(flagged[cancer].sum() / flagged.sum()) if flagged.any() else 0.0,
-        "melanoma_recall": _share(flagged, melanoma),
+        "precision": float((weights * rate)[cancer].sum() / flagged_weight)
+        if flagged_weight
+        else 0.0,
     }
-    return metrics
-
-
-def _share(flagged: np.ndarray, rows: np.ndarray) -> float:
-    return float(flagged[rows].mean()) if rows.any() else float("nan")
 
 
 def pooled_metrics(
@@ -277,13 +287,6 @@ def pooled_metrics(
     rate = flagged.mean(axis=0)
     weights = np.ones(len(rate)) if weights is None else weights
     cancer = CANCER_MASK[cv.diagnoses]
-
-    def share(rows: np.ndarray) -> float:
-        total = weights[rows].sum()
-        return float((weights * rate)[rows].sum() / total) if total else float("nan")
-
-    recall, specificity = share(cancer), 1.0 - share(~cancer)
-    flagged_weight = (weights * rate).sum()
     values = {
         "roc_auc": float(
             np.mean(
@@ -293,15 +296,10 @@ def pooled_metrics(
                 ]
             )
         ),
-        "recall": recall,
-        "specificity": specificity,
-        "balanced_accuracy": (recall + specificity) / 2,
-        "precision": float((weights * rate)[cancer].sum() / flagged_weight)
-        if flagged_weight
-        else 0.0,
+        **_rule_rates(cancer, rate, weights),
     }
     for index, diagnosis in enumerate(DIAGNOSES):
-        values[f"flagged:{diagnosis}"] = share(cv.diagnoses == index)
+        values[f"flagged:{diagnosis}"] = _share(rate, weights, cv.diagnoses == index)
     return values
 
 
@@ -321,19 +319,11 @@ def pooled_estimates(
     each drawing whole patients with replacement."""
     flagged = cv.flagged if flagged is None else flagged
     cancer = CANCER_MASK[cv.diagnoses]
-    patients, row_patient = np.unique(cv.groups, return_inverse=True)
-    generator = np.random.default_rng(seed)
     point = pooled_metrics(cv, flagged)
-    draws: list[dict[str, float]] = []
-    while len(draws) < rounds:
-        counts = np.bincount(
-            generator.integers(0, len(patients), len(patients)), minlength=len(patients)
-        )
-        weights = counts[row_patient].astype(np.float64)
-        drawn = cancer[weights > 0]
-        if drawn.all() or not drawn.any():
-            continue
-        draws.append(pooled_metrics(cv, flagged, weights))
+    draws = [
+        pooled_metrics(cv, flagged, weights.astype(np.float64))
+        for weights in group_bootstrap_weights(cancer, cv.groups, rounds, seed)
+    ]
 
     def estimate(key: str, n: int | None) -> Estimate:
         spread = np.array([draw[key] for draw in draws])
