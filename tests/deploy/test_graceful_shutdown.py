@@ -8,7 +8,6 @@ not started in the Redis queue, not stranded until the visibility timeout.
 from __future__ import annotations
 
 import signal
-import threading
 import uuid
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.serving.conftest import (
     Database,
     Process,
-    database_clock,
+    hold_long_poll,
     start_worker,
-    wait_until_a_long_poll_is_held,
     with_application_name,
 )
 from tests.waiting import wait_until
@@ -66,21 +64,9 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
         accepted = submit(client, 1)
     assert accepted.status_code == 202, accepted.text
     screening_id = accepted.json()["id"]
-    in_flight: dict[str, httpx.Response | BaseException] = {}
-
-    def long_poll() -> None:
-        try:
-            in_flight["response"] = httpx.get(
-                f"{url}{accepted.headers['location']}", params={"wait": 30}, timeout=60
-            )
-        except BaseException as exc:  # reported by the test, not lost with the thread
-            in_flight["response"] = exc
-
     try:
-        since = database_clock(database)
-        poller = threading.Thread(target=long_poll)
-        poller.start()
-        wait_until_a_long_poll_is_held(database, since, DRAINING_GATEWAY)
+        held = hold_long_poll(url, accepted.headers["location"], database, DRAINING_GATEWAY)
+        poller, in_flight = held.thread, held.answer
         assert process.popen is not None
         process.popen.send_signal(signal.SIGTERM)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,6 +165,33 @@ def wait_until_a_long_poll_is_held(database: Database, since: datetime, applicat
             f"the gateway read the screening for its long poll; {application}: " + repr(activity())
         ),
     )
+
+
+@dataclass
+class HeldLongPoll:
+    """A `GET <screening>?wait=30` running in a thread, held by the gateway; `answer`
+    gets its response, or the exception that ended it (not lost with the thread)."""
+
+    thread: threading.Thread
+    answer: dict[str, httpx.Response | BaseException]
+
+
+def hold_long_poll(url: str, location: str, database: Database, application: str) -> HeldLongPoll:
+    """Start a long poll on the screening at `location` and return once the gateway whose
+    database connections carry `application` holds it."""
+    answer: dict[str, httpx.Response | BaseException] = {}
+
+    def long_poll() -> None:
+        try:
+            answer["response"] = httpx.get(f"{url}{location}", params={"wait": 30}, timeout=60)
+        except BaseException as exc:
+            answer["response"] = exc
+
+    since = database_clock(database)
+    thread = threading.Thread(target=long_poll)
+    thread.start()
+    wait_until_a_long_poll_is_held(database, since, application)
+    return HeldLongPoll(thread, answer)
 
 
 @pytest.fixture(scope="session")

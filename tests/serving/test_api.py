@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import uuid
 from pathlib import Path
 
@@ -22,10 +21,9 @@ from skinscreen.inference import store
 from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     IDLE_GATEWAY,
-    database_clock,
+    hold_long_poll,
     served_model,
     submit,
-    wait_until_a_long_poll_is_held,
 )
 
 register_heif_opener()
@@ -97,21 +95,9 @@ def test_a_long_poll_is_woken_by_the_finished_notification(
         accepted = submit(client, photos[0])
     assert accepted.status_code == 202, accepted.text
     screening_id = accepted.json()["id"]
-    answer: dict[str, httpx.Response | BaseException] = {}
-
-    def long_poll() -> None:
-        try:
-            answer["response"] = httpx.get(
-                f"{idle_gateway}{accepted.headers['Location']}", params={"wait": 30}, timeout=60
-            )
-        except BaseException as exc:  # reported by the test, not lost with the thread
-            answer["response"] = exc
-
     try:
-        since = database_clock(database)
-        poller = threading.Thread(target=long_poll)
-        poller.start()
-        wait_until_a_long_poll_is_held(database, since, IDLE_GATEWAY)
+        held = hold_long_poll(idle_gateway, accepted.headers["Location"], database, IDLE_GATEWAY)
+        poller, answer = held.thread, held.answer
         assert "response" not in answer, f"answered before the result existed: {answer}"
         # The worker's own statement: the row becomes `failed` and the NOTIFY goes out.
         assert database.value(store.FAIL, uuid.UUID(screening_id), "written by the test") == 1
