@@ -7,13 +7,16 @@ describes; tests/serving/test_queue_contract.py pins that they agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Final
 from uuid import UUID
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport.redis import Channel as RedisChannel
 from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis as AsyncRedis
 
 from skinscreen.core.clinical import ClinicalInput
 
@@ -25,6 +28,7 @@ QUEUE: Final = "screenings"
 # and must not hold up screenings, nor be taken by an inference worker.
 TRAINING_TASK_NAME: Final = "skinscreen.train"
 TRAINING_QUEUE: Final = "training"
+UNACKED_MUTEX_EXPIRE_S: Final = 10
 
 
 def queue_for(model_name: str) -> str:
@@ -78,8 +82,41 @@ class CeleryConfig:
             "visibility_timeout": visibility_timeout_s,
             "unacked_restore_interval": max(1, visibility_timeout_s // 10),
             "unacked_restore_throttle": 1,
+            # The sweep's lock: kombu keeps it 300 s, so a worker killed while sweeping (a
+            # sweep takes milliseconds) would hold back every redelivery for five minutes.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         }
         self.CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+
+def enqueue_screening(app: Celery, task: ScreeningTask) -> None:
+    """Publish a screening's task on its model's queue (declared on `app` if new).
+
+    The task id is the screening id, so the reconciler can tell a screening whose
+    task waits in Redis from one whose task was lost (`live_task_ids`).
+    """
+    app.send_task(
+        TASK_NAME,
+        args=[task.model_dump(mode="json")],
+        queue=declare_model_queue(app, task.model_name),
+        task_id=str(task.screening_id),
+    )
+
+
+async def live_task_ids(broker: AsyncRedis, queues: Iterable[str]) -> set[str]:
+    """The ids of the tasks Redis holds for `queues`: waiting, or delivered and unacknowledged.
+
+    Reads kombu's Redis layout: a list per queue and priority, and the `unacked`
+    hash of delivered messages (each `[message, exchange, routing_key]`).
+    """
+    keys = [
+        queue if priority == 0 else f"{queue}{RedisChannel.sep}{priority}"
+        for queue in queues
+        for priority in RedisChannel.priority_steps
+    ]
+    messages = [json.loads(raw) for key in keys for raw in await broker.lrange(key, 0, -1)]
+    messages += [json.loads(held)[0] for held in await broker.hvals(RedisChannel.unacked_key)]
+    return {str(message["headers"]["id"]) for message in messages}
 
 
 def declare_model_queue(app: Celery, model_name: str) -> str:

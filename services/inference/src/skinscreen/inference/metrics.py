@@ -53,6 +53,15 @@ MODEL_LOAD_FAILURES = Counter(
     "error); the worker keeps serving the version it had, if any.",
 )
 
+RECONCILED = Counter(
+    "skinscreen_inference_reconciled_total",
+    "Screenings the reconciler acted on, by model and action: requeued (no task for it in "
+    "Redis, queued again) or failed (its task lost too often, or not scored in time); "
+    "observed once per screening acted on. Above zero means Redis lost tasks or a model "
+    "has no worker.",
+    ["model_name", "action"],
+)
+
 
 def serve(port: int) -> None:
     """Serve /metrics on `port` from a daemon thread; call once, in worker_init."""
@@ -83,3 +92,16 @@ def model_loaded(*, name: str, version: str, provider: str) -> None:
 
 def model_load_failed() -> None:
     MODEL_LOAD_FAILURES.inc()
+
+
+RECONCILE_ACTIONS = ("requeued", "failed")
+
+
+def reconciler_started(model_name: str) -> None:
+    """Export this worker's model's series at 0, so a first action shows as an increase."""
+    for action in RECONCILE_ACTIONS:
+        RECONCILED.labels(model_name, action)
+
+
+def reconciled(model_name: str, action: str) -> None:
+    RECONCILED.labels(model_name, action).inc()

@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from skinscreen.runtime.settings import SharedSettings
 
+from .reconciler import ReconcilerSettings
+
 
 class Settings(SharedSettings):
     """The worker's own knobs, on top of those it shares with the gateway."""
@@ -20,8 +22,13 @@ class Settings(SharedSettings):
         0, ge=0, description="Tasks held at once (worker threads); 0 means 2 x MAX_BATCH_SIZE."
     )
     MAX_RETRIES: int = Field(5, ge=0, description="Retries on transient errors before `failed`.")
-    RETRY_BACKOFF_S: float = Field(1.0, gt=0, description="First retry delay; doubles each time.")
-    RETRY_BACKOFF_MAX_S: float = Field(60.0, gt=0)
+    RETRY_BACKOFF_S: float = Field(
+        1.0,
+        gt=0,
+        description="Longest delay before the first retry; doubles each time. Each delay is "
+        "drawn uniformly below it (full jitter), so retries after one outage spread out.",
+    )
+    RETRY_BACKOFF_MAX_S: float = Field(60.0, gt=0, description="Longest delay before any retry.")
     RESULT_TIMEOUT_S: float = Field(
         120.0, gt=0, description="Longest a task waits for its batch before retrying."
     )
@@ -36,6 +43,24 @@ class Settings(SharedSettings):
     )
     INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
     LOG_LEVEL: str = "INFO"
+    RECONCILE_INTERVAL_S: float = Field(
+        30.0, gt=0, description="How often the reconciler looks for stuck screenings."
+    )
+    RECONCILE_AFTER_S: float = Field(
+        600.0,
+        gt=0,
+        description="A screening queued or running with no activity for this long and no "
+        "task in Redis is queued again.",
+    )
+    RECONCILE_MAX_REQUEUES: int = Field(
+        3, ge=0, description="Times a screening is queued again before it fails."
+    )
+    RECONCILE_GIVE_UP_S: float = Field(
+        1800.0,
+        gt=0,
+        description="A screening not scored this long after acceptance fails (e.g. no worker "
+        "serves its model), so its clinician is told.",
+    )
 
     @model_validator(mode="after")
     def _enough_threads_to_fill_a_batch(self) -> Settings:
@@ -47,6 +72,25 @@ class Settings(SharedSettings):
                 "a batch could never fill; allowed: CONCURRENCY >= MAX_BATCH_SIZE, or 0"
             )
         return self
+
+    @model_validator(mode="after")
+    def _give_up_after_requeue(self) -> Settings:
+        if self.RECONCILE_GIVE_UP_S <= self.RECONCILE_AFTER_S:
+            raise ValueError(
+                f"RECONCILE_GIVE_UP_S={self.RECONCILE_GIVE_UP_S} must exceed "
+                f"RECONCILE_AFTER_S={self.RECONCILE_AFTER_S}: a screening would fail before "
+                "it could be queued again"
+            )
+        return self
+
+    @property
+    def reconciler(self) -> ReconcilerSettings:
+        return ReconcilerSettings(
+            interval_s=self.RECONCILE_INTERVAL_S,
+            after_s=self.RECONCILE_AFTER_S,
+            max_requeues=self.RECONCILE_MAX_REQUEUES,
+            give_up_s=self.RECONCILE_GIVE_UP_S,
+        )
 
 
 @lru_cache
