@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from skinscreen.core.pad_ufes import Sample, load_pad_ufes
-from skinscreen.runtime.embedded import free_port
-from skinscreen.runtime.stack import PRESTART_COMMAND, gateway_command
+from skinscreen.dev.embedded import free_port
+from skinscreen.runtime.commands import PRESTART_COMMAND, gateway_command
 from tests.conftest import PAD_UFES
 from tests.scrape import Scrape  # noqa: F401  (the deploy tests read it from here)
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)

@@ -15,8 +15,8 @@ import httpx
 from redis import Redis
 
 from skinscreen.inference import store
+from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import QUEUE
-from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.serving.conftest import (
     Database,
     Process,

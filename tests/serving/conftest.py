@@ -33,9 +33,9 @@ from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.decision import DecisionRule
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DIAGNOSES, load_pad_ufes
+from skinscreen.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from skinscreen.runtime.artifacts import ArtifactStore
-from skinscreen.runtime.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from skinscreen.runtime.stack import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
+from skinscreen.runtime.commands import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
 from tests.conftest import REPO, SHARED_DATA
 from tests.scrape import Scrape
 from tests.waiting import wait_until

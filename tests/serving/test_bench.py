@@ -31,7 +31,7 @@ def test_bench_prints_throughput_latency_batches_and_ratio(
     environ.pop("MODEL_NAME", None)
     chosen = [] if model is None else ["--model", model]
     completed = subprocess.run(
-        [sys.executable, "-m", "skinscreen.inference.bench", "--photos", str(pad_ufes_dir),
+        [sys.executable, "-m", "skinscreen.dev.bench", "--photos", str(pad_ufes_dir),
          "--limit", "8", "--clients", "4", "--duration", "3", "--raw-duration", "1", *chosen],
         env=environ, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -48,7 +48,7 @@ def test_bench_prints_throughput_latency_batches_and_ratio(
 
 def test_bench_names_a_missing_photo_folder(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "skinscreen.inference.bench", "--photos", str(tmp_path / "none")],
+        [sys.executable, "-m", "skinscreen.dev.bench", "--photos", str(tmp_path / "none")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert completed.returncode != 0

@@ -23,8 +23,8 @@ from celery import Celery
 from skinscreen.core.ham10000 import load_ham10000
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.runtime import registry
+from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import queue_for
-from skinscreen.runtime.stack import WORKER_COMMAND
 from tests.conftest import DESIGN_EXAMPLE
 from tests.serving.conftest import Process, ranking_auc, served_model, start_worker
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from skinscreen.runtime import registry
-from skinscreen.runtime.stack import WORKER_COMMAND
+from skinscreen.runtime.commands import WORKER_COMMAND
 from tests.serving.conftest import (
     MODEL_NAME,
     Lifecycle,

@@ -19,8 +19,8 @@ from redis import Redis
 
 from skinscreen.core.card import MODEL_FILE, read_card
 from skinscreen.runtime import registry
+from skinscreen.runtime.commands import TRAINER_COMMAND
 from skinscreen.runtime.queue import TRAINING_QUEUE
-from skinscreen.runtime.stack import TRAINER_COMMAND
 from tests.scrape import Scrape
 from tests.serving.conftest import (
     MODEL_NAME,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from skinscreen.runtime.embedded import free_port
+from skinscreen.dev.embedded import free_port
 from tests.serving.conftest import Database, Photo, Process, _start_gateway, submit
 
 

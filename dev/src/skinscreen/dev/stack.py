@@ -24,28 +24,22 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
 
-from .artifacts import ArtifactStore
+from skinscreen.runtime.artifacts import ArtifactStore
+from skinscreen.runtime.commands import (
+    PRESTART_COMMAND,
+    TRAINER_COMMAND,
+    WORKER_COMMAND,
+    gateway_command,
+)
+from skinscreen.runtime.queue import DEFAULT_MODEL_NAME
+
 from .embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from .queue import DEFAULT_MODEL_NAME
 
 # The packages the stack runs, and where each is installed from.
 SERVICES: Final = {
     "skinscreen.gateway": "services/gateway",
     "skinscreen.inference": "services/inference",
 }
-
-
-# How each service process is started; the test fixtures start them the same way.
-PRESTART_COMMAND = [sys.executable, "-m", "skinscreen.gateway.prestart"]
-WORKER_COMMAND = [sys.executable, "-m", "skinscreen.inference.worker"]
-TRAINER_COMMAND = [sys.executable, "-m", "skinscreen.trainer.worker"]
-
-
-def gateway_command(host: str, port: int, *options: str) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "--factory", "skinscreen.gateway.main:create_app",
-        "--host", host, "--port", str(port), *options,
-    ]  # fmt: skip
 
 
 def check_services_installed() -> None:
