@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from redis import Redis
 
-from skinscreen.inference import store
+from skinscreen.runtime import screenings
 from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
@@ -81,7 +81,9 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
         # The long poll outlived the listener: it was not cut short.
         assert poller.is_alive(), f"the request in flight ended: {in_flight}"
         # Its result arrives after SIGTERM, as a worker writes one (the NOTIFY included).
-        assert database.value(store.FAIL, uuid.UUID(screening_id), "written after SIGTERM") == 1
+        assert (
+            database.value(screenings.FAIL, uuid.UUID(screening_id), "written after SIGTERM") == 1
+        )
         poller.join(60)
         response = in_flight["response"]
         assert isinstance(response, httpx.Response), f"the request in flight was cut: {response!r}"

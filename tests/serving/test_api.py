@@ -17,7 +17,7 @@ from pillow_heif import register_heif_opener
 
 from skinscreen.core.clinical import encode
 from skinscreen.core.imaging import preprocess
-from skinscreen.inference import store
+from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     IDLE_GATEWAY,
@@ -100,7 +100,7 @@ def test_a_long_poll_is_woken_by_the_finished_notification(
         poller, answer = held.thread, held.answer
         assert "response" not in answer, f"answered before the result existed: {answer}"
         # The worker's own statement: the row becomes `failed` and the NOTIFY goes out.
-        assert database.value(store.FAIL, uuid.UUID(screening_id), "written by the test") == 1
+        assert database.value(screenings.FAIL, uuid.UUID(screening_id), "written by the test") == 1
         poller.join(60)
         assert not poller.is_alive()
         response = answer["response"]

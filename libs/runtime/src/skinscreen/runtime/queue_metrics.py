@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from . import screenings
 from .queue import QUEUE, TRAINING_QUEUE, queue_for
 
 logger = logging.getLogger(__name__)
@@ -88,15 +89,10 @@ async def read_queue_state(
         return state
     try:
         # Measured on the database's clock, the one that stamped created_at.
-        rows = await pool.fetch(
-            "SELECT id, extract(epoch FROM now() - created_at)::float8 AS waited_s"
-            " FROM screenings WHERE id = ANY($1::uuid[])",
-            list(heads.values()),
-        )
+        waited = await screenings.waited_s(pool, list(heads.values()))
     except (asyncpg.PostgresError, OSError) as exc:
         logger.warning("queue metrics: PostgreSQL did not answer: %s", exc)
         return state
-    waited = {row["id"]: row["waited_s"] for row in rows}
     for queue, screening_id in heads.items():
         if screening_id in waited:
             state.oldest_age_s[queue] = max(0.0, float(waited[screening_id]))

@@ -26,9 +26,10 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 
+from skinscreen.runtime import screenings
 from skinscreen.runtime.database import create_pool
 
-from . import metrics, store
+from . import metrics
 from .active_model import ActiveModel
 from .model import Decision, LoadedModel
 
@@ -107,7 +108,7 @@ class Batcher:
     def fail(self, screening_id: UUID, reason: str) -> bool:
         async def failing() -> bool:
             assert self._pool is not None
-            return await store.fail(self._pool, screening_id, reason)
+            return await screenings.fail(self._pool, screening_id, reason)
 
         return self._call(failing())
 
@@ -155,7 +156,7 @@ class Batcher:
 
     async def _process(self, batch: list[_Item]) -> None:
         assert self._pool is not None
-        claimed = await store.claim(self._pool, [item.screening_id for item in batch])
+        claimed = await screenings.claim(self._pool, [item.screening_id for item in batch])
         todo = []
         for item in batch:
             if item.screening_id in claimed:
@@ -211,7 +212,7 @@ class Batcher:
 
     async def _score(
         self, model: LoadedModel, todo: list[_Item], clinical: np.ndarray, keep_serving: bool
-    ) -> tuple[store.BatchRecord, float, list[Decision]]:
+    ) -> tuple[screenings.BatchRecord, float, list[Decision]]:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         images = np.stack([
@@ -224,7 +225,7 @@ class Batcher:
         inference_ms = (time.perf_counter() - started) * 1000.0
         # The card's rule: suspicious when the cancer or the melanoma threshold is reached.
         decisions = model.decide(prediction)
-        record = await store.record_batch(
+        record = await screenings.record_batch(
             self._pool,
             [item.screening_id for item in todo],
             prediction.cancer,

@@ -11,6 +11,7 @@ from pillow_heif import register_heif_opener
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import DIAGNOSES, DataError, Dataset, Sample, load_pad_ufes
+from skinscreen.runtime import screenings
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS
 
@@ -27,10 +28,7 @@ async def confirmed_screenings(
     connection: asyncpg.Pool | asyncpg.Connection, blobs: BlobStore
 ) -> tuple[list[Sample], Counter[str]]:
     """Screenings with a confirmed diagnosis, as samples; and what was left out, and why."""
-    rows = await connection.fetch(
-        "SELECT s.id, s.clinical, s.image_key, d.diagnosis, d.patient_id"
-        " FROM diagnoses AS d JOIN screenings AS s ON s.id = d.screening_id ORDER BY s.id"
-    )
+    rows = await screenings.confirmed(connection)
     samples, left_out = [], Counter[str]()
     for row in rows:
         if row["diagnosis"] not in DIAGNOSES:

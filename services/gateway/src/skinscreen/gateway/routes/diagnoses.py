@@ -6,14 +6,14 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Response
 
+from skinscreen.runtime import screenings
+
 from ..deps import ServicesDep
 from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import DiagnosisIn, DiagnosisOut, Problem
 from .screenings import PREFIX
 
 router = APIRouter(prefix=PREFIX, tags=["diagnoses"])
-
-COLUMNS = "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updated_at"
 
 
 @router.post(
@@ -32,21 +32,17 @@ COLUMNS = "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updat
 async def record_diagnosis(
     screening_id: UUID, body: DiagnosisIn, response: Response, services: ServicesDep
 ) -> DiagnosisOut:
-    row = await services.pool.fetchrow(
-        "INSERT INTO diagnoses (screening_id, diagnosis, confirmed_by, patient_id)"
-        " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings WHERE id = $1"
-        " ON CONFLICT (screening_id) DO UPDATE SET diagnosis = excluded.diagnosis,"
-        " confirmed_by = excluded.confirmed_by, patient_id = excluded.patient_id,"
-        " updated_at = now()"
-        f" RETURNING {COLUMNS}, (xmax <> 0) AS replaced",
+    recorded = await screenings.record_diagnosis(
+        services.pool,
         screening_id,
-        body.diagnosis.value,
-        body.confirmed_by.value,
-        body.patient_id,
+        diagnosis=body.diagnosis.value,
+        confirmed_by=body.confirmed_by.value,
+        patient_id=body.patient_id,
     )
-    if row is None:
+    if recorded is None:
         raise HTTPException(404, f"no screening with id {screening_id}")
-    if row["replaced"]:
+    row, replaced = recorded
+    if replaced:
         response.status_code = 200
     return DiagnosisOut(**{key: row[key] for key in DiagnosisOut.model_fields})
 
@@ -58,9 +54,7 @@ async def record_diagnosis(
     responses={404: {"model": Problem, "description": "No screening, or no diagnosis yet."}},
 )
 async def read_diagnosis(screening_id: UUID, services: ServicesDep) -> DiagnosisOut:
-    row = await services.pool.fetchrow(
-        f"SELECT {COLUMNS} FROM diagnoses WHERE screening_id = $1", screening_id
-    )
+    row = await screenings.get_diagnosis(services.pool, screening_id)
     if row is None:
         raise HTTPException(404, f"no diagnosis recorded for screening {screening_id}")
-    return DiagnosisOut(**dict(row))
+    return DiagnosisOut(**row)

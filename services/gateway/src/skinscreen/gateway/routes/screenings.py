@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import json
 import logging
-from datetime import datetime
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Final, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,6 +15,7 @@ from pydantic import ValidationError
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import DIAGNOSES
+from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, declare_model_queue
 
 from ..deps import ServicesDep
@@ -44,11 +41,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX: Final = "/v1/screenings"
 FORM_FIELDS: Final = frozenset({"image", "clinical", "model"})
-COLUMNS: Final = (
-    "id, status, model_name, clinical, created_at, updated_at, completed_at, cancer_probability,"
-    " suspicious, reasons, threshold, melanoma_threshold, diagnosis_probabilities,"
-    " model_version, failure_reason"
-)
 
 router = APIRouter(prefix=PREFIX, tags=["screenings"])
 
@@ -186,16 +178,15 @@ async def create_screening(
     key = services.blobs.key_for(screening_id, checked.extension)
     await run_in_threadpool(services.blobs.put, key, data)
     try:
-        await services.pool.execute(
-            "INSERT INTO screenings (id, model_name, clinical, image_key, image_format,"
-            " image_bytes, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        await screenings.create(
+            services.pool,
             screening_id,
-            served.name,
-            None if clinical_input is None else clinical_input.model_dump(mode="json"),
-            key,
-            checked.format,
-            len(data),
-            hashlib.sha256(data).hexdigest(),
+            model_name=served.name,
+            clinical=None if clinical_input is None else clinical_input.model_dump(mode="json"),
+            image_key=key,
+            image_format=checked.format,
+            image_bytes=len(data),
+            image_sha256=hashlib.sha256(data).hexdigest(),
         )
     except BaseException:
         services.blobs.delete(key)
@@ -213,7 +204,7 @@ async def create_screening(
     except Exception as exc:
         # Not queued means not accepted: leave nothing behind that no worker will ever finish.
         logger.exception("could not enqueue screening %s", screening_id)
-        await services.pool.execute("DELETE FROM screenings WHERE id = $1", screening_id)
+        await screenings.delete(services.pool, screening_id)
         services.blobs.delete(key)
         raise HTTPException(503, "the screening queue is unavailable; try again later") from exc
 
@@ -266,9 +257,7 @@ async def read_screening(
     ] = 0,
 ) -> Screening:
     async def fetch() -> asyncpg.Record:
-        row = await services.pool.fetchrow(
-            f"SELECT {COLUMNS} FROM screenings WHERE id = $1", screening_id
-        )
+        row = await screenings.get(services.pool, screening_id)
         if row is None:
             raise HTTPException(404, f"no screening with id {screening_id}")
         return row
@@ -287,28 +276,6 @@ async def read_screening(
     return _screening(await fetch())
 
 
-def _encode_cursor(created_at: datetime, screening_id: UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(screening_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, screening_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), UUID(screening_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise _unprocessable(
-            [
-                FieldError(
-                    loc=["query", "cursor"],
-                    msg="cursor is not one this API issued; pass next_cursor from a previous page",
-                    type="cursor_invalid",
-                )
-            ]
-        ) from exc
-
-
 @router.get(
     "",
     response_model=ScreeningPage,
@@ -325,22 +292,16 @@ async def list_screenings(
         str | None, Query(description="Only the screenings sent to this model.")
     ] = None,
 ) -> ScreeningPage:
-    arguments: list[Any] = [limit + 1]
-    conditions = []
-    if cursor is not None:
-        arguments.extend(_decode_cursor(cursor))
-        conditions.append("(created_at, id) < ($2, $3)")
-    if model is not None:
-        arguments.append(model)
-        conditions.append(f"model_name = ${len(arguments)}")
-    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
-    rows = await services.pool.fetch(
-        f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
-        *arguments,
-    )
-    items = [_screening(row) for row in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = _encode_cursor(last["created_at"], last["id"])
-    return ScreeningPage(items=items, next_cursor=next_cursor)
+    try:
+        page = await screenings.list_page(services.pool, limit, cursor, model)
+    except screenings.InvalidCursorError as exc:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["query", "cursor"],
+                    msg="cursor is not one this API issued; pass next_cursor from a previous page",
+                    type="cursor_invalid",
+                )
+            ]
+        ) from exc
+    return ScreeningPage(items=[_screening(row) for row in page.rows], next_cursor=page.next_cursor)

@@ -1,0 +1,343 @@
+"""Screenings and their confirmed diagnoses in PostgreSQL: every statement on both tables.
+
+The gateway creates, reads and lists screenings and records diagnoses; the
+inference worker claims screenings, records a batch's results and marks
+failures; the gateway's queue metrics read how long a queued screening has
+waited; the trainer reads the confirmed diagnoses it learns from. All of them
+do it through here.
+
+Every worker write is conditional on the screening not being finished, so a
+task delivered twice (a worker died before acknowledging it) is written once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .database import FINISHED_CHANNEL
+
+# What a screening reads as, through the API.
+COLUMNS: Final = (
+    "id, status, model_name, clinical, created_at, updated_at, completed_at, cancer_probability,"
+    " suspicious, reasons, threshold, melanoma_threshold, diagnosis_probabilities,"
+    " model_version, failure_reason"
+)
+DIAGNOSIS_COLUMNS: Final = (
+    "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updated_at"
+)
+
+# A pool, or one connection (a transaction's, or one taken from a pool).
+Connection = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+
+# --- The gateway: create, read, list -------------------------------------------------------
+
+
+async def create(
+    pool: Connection,
+    screening_id: UUID,
+    *,
+    model_name: str,
+    clinical: dict[str, Any] | None,
+    image_key: str,
+    image_format: str,
+    image_bytes: int,
+    image_sha256: str,
+) -> None:
+    """Record a screening as queued (the table's default status)."""
+    await pool.execute(
+        "INSERT INTO screenings (id, model_name, clinical, image_key, image_format,"
+        " image_bytes, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        screening_id,
+        model_name,
+        clinical,
+        image_key,
+        image_format,
+        image_bytes,
+        image_sha256,
+    )
+
+
+async def delete(pool: Connection, screening_id: UUID) -> None:
+    """Remove a screening that was never queued (the queue refused its task)."""
+    await pool.execute("DELETE FROM screenings WHERE id = $1", screening_id)
+
+
+async def get(pool: Connection, screening_id: UUID) -> asyncpg.Record | None:
+    """The screening's `COLUMNS`, or None if there is no such screening."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        f"SELECT {COLUMNS} FROM screenings WHERE id = $1", screening_id
+    )
+    return row
+
+
+class InvalidCursorError(ValueError):
+    """A list cursor that `list_page` did not issue."""
+
+
+def encode_cursor(created_at: datetime, screening_id: UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(screening_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, screening_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), UUID(screening_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursorError(cursor) from exc
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[asyncpg.Record]
+    # Where the next page starts; None on the last page.
+    next_cursor: str | None
+
+
+async def list_page(
+    pool: Connection, limit: int, cursor: str | None = None, model_name: str | None = None
+) -> Page:
+    """Newest first (created_at, then id), `limit` at most, after `cursor` if given.
+
+    Raises InvalidCursorError, before reading anything, for a cursor this did not issue.
+    """
+    arguments: list[Any] = [limit + 1]
+    conditions = []
+    if cursor is not None:
+        arguments.extend(decode_cursor(cursor))
+        conditions.append("(created_at, id) < ($2, $3)")
+    if model_name is not None:
+        arguments.append(model_name)
+        conditions.append(f"model_name = ${len(arguments)}")
+    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+    rows = await pool.fetch(
+        f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
+        *arguments,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
+    return Page(rows[:limit], next_cursor)
+
+
+# --- The gateway's queue metrics -----------------------------------------------------------
+
+
+async def waited_s(pool: Connection, screening_ids: list[UUID]) -> dict[UUID, float]:
+    """Seconds since each screening was accepted, on the database's clock (which stamped it)."""
+    rows = await pool.fetch(
+        "SELECT id, extract(epoch FROM now() - created_at)::float8 AS waited_s"
+        " FROM screenings WHERE id = ANY($1::uuid[])",
+        screening_ids,
+    )
+    return {row["id"]: row["waited_s"] for row in rows}
+
+
+# --- The inference worker: claim, record a batch, fail -------------------------------------
+
+CLAIM: Final = """
+UPDATE screenings
+SET status = 'running', attempts = attempts + 1,
+    started_at = coalesce(started_at, now()), updated_at = now()
+WHERE id = ANY($1::uuid[]) AND status IN ('queued', 'running')
+RETURNING id, extract(epoch FROM clock_timestamp() - created_at)::float8 AS waited_s
+"""
+
+# One statement, so one round trip per batch: the batch row, every result and
+# the notifications that wake long-polling clients (sent on commit). Results are
+# written only while the version that scored them is the active one ($8: or
+# when the worker is told to keep serving it); the FOR SHARE lock makes a
+# promotion wait for this write, so a result never postdates its version's retirement.
+# The card's decision rule is applied by the caller (DecisionRule); each screening's
+# verdict ($10), the rules that fired ($11, a JSON array each) and the diagnosis
+# probabilities ($12, a JSON object each, or null) arrive as arrays beside its id
+# (JSON text: a list of lists would travel as a two-dimensional array).
+RECORD_BATCH: Final = f"""
+WITH serving AS (
+    SELECT version FROM model_versions
+    WHERE name = $7 AND version = $4 AND (status = 'active' OR $8)
+    FOR SHARE
+), batch AS (
+    SELECT nextval(pg_get_serial_sequence('inference_batches', 'id')) AS id
+), written AS (
+    UPDATE screenings AS s
+    SET status = 'done', cancer_probability = r.probability, suspicious = r.suspicious,
+        reasons = ARRAY(SELECT jsonb_array_elements_text(r.reasons::jsonb)),
+        diagnosis_probabilities = r.diagnoses::jsonb, threshold = $3, melanoma_threshold = $13,
+        model_version = $4, batch_id = (SELECT id FROM batch), completed_at = now(),
+        updated_at = now()
+    FROM unnest($1::uuid[], $2::float8[], $10::boolean[], $11::text[], $12::text[])
+         AS r (id, probability, suspicious, reasons, diagnoses)
+    WHERE s.id = r.id AND s.status IN ('queued', 'running') AND EXISTS (SELECT FROM serving)
+    RETURNING s.id
+), recorded AS (
+    INSERT INTO inference_batches (id, size, written, model_version, provider, inference_ms)
+    SELECT batch.id, $5, (SELECT count(*) FROM written), $4, $6, $9 FROM batch
+    WHERE EXISTS (SELECT FROM serving)
+)
+SELECT (SELECT id FROM batch) AS batch_id,
+       EXISTS (SELECT FROM serving) AS version_active,
+       count(pg_notify('{FINISHED_CHANNEL}', written.id::text)) AS written,
+       coalesce(array_agg(written.id), '{{}}') AS written_ids
+FROM written
+"""
+
+FAIL: Final = f"""
+WITH failed AS (
+    UPDATE screenings
+    SET status = 'failed', failure_reason = $2, completed_at = now(), updated_at = now()
+    WHERE id = $1 AND status IN ('queued', 'running')
+    RETURNING id
+)
+SELECT count(pg_notify('{FINISHED_CHANNEL}', failed.id::text)) FROM failed
+"""
+
+
+async def claim(pool: Connection, screening_ids: list[UUID]) -> dict[UUID, float]:
+    """Mark the screenings running; return those not already finished, with their time queued.
+
+    The time is measured on the database's clock, which stamped `created_at`.
+    """
+    rows = await pool.fetch(CLAIM, screening_ids)
+    return {row["id"]: row["waited_s"] for row in rows}
+
+
+class Verdict(Protocol):
+    """The card's decision rule applied to one screening (the worker's `Decision`)."""
+
+    @property
+    def suspicious(self) -> bool: ...
+
+    # The rules that fired, in the rule's order; empty when not suspicious.
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+    # {diagnosis: probability}; None for a model without that output.
+    @property
+    def diagnoses(self) -> Mapping[str, float] | None: ...
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch_id: int
+    written: int
+    # False: the version was retired meanwhile; nothing was written, score the batch again.
+    version_active: bool
+    # The screenings this write finished (not those a redelivery had finished before).
+    written_ids: frozenset[UUID] = frozenset()
+
+
+async def record_batch(
+    pool: Connection,
+    screening_ids: list[UUID],
+    probabilities: Iterable[float],
+    verdicts: Sequence[Verdict],
+    *,
+    threshold: float,
+    melanoma_threshold: float | None,
+    model_name: str,
+    model_version: str,
+    provider: str,
+    inference_ms: float,
+    keep_serving: bool = False,
+) -> BatchRecord:
+    """Write a batch's results, in one statement, if `model_version` is still active
+    (or `keep_serving`).
+
+    `verdicts` are the card's rule applied to each screening; `threshold` and
+    `melanoma_threshold` the rule's thresholds, recorded beside each result.
+    """
+    row = await pool.fetchrow(
+        RECORD_BATCH,
+        screening_ids,
+        [float(value) for value in probabilities],
+        threshold,
+        model_version,
+        len(screening_ids),
+        provider,
+        model_name,
+        keep_serving,
+        inference_ms,
+        [verdict.suspicious for verdict in verdicts],
+        [json.dumps(list(verdict.reasons)) for verdict in verdicts],
+        [None if v.diagnoses is None else json.dumps(dict(v.diagnoses)) for v in verdicts],
+        melanoma_threshold,
+    )
+    assert row is not None
+    return BatchRecord(
+        int(row["batch_id"]),
+        int(row["written"]),
+        bool(row["version_active"]),
+        frozenset(row["written_ids"]),
+    )
+
+
+async def fail(pool: Connection, screening_id: UUID, reason: str) -> bool:
+    """Mark a screening failed with `reason`, unless it already finished."""
+    return bool(await pool.fetchval(FAIL, screening_id, reason))
+
+
+# --- Confirmed diagnoses: the gateway records them, the trainer learns from them -----------
+
+
+async def record_diagnosis(
+    pool: Connection,
+    screening_id: UUID,
+    *,
+    diagnosis: str,
+    confirmed_by: str,
+    patient_id: str | None,
+) -> tuple[dict[str, Any], bool] | None:
+    """Record (or replace) a screening's confirmed diagnosis.
+
+    Returns its `DIAGNOSIS_COLUMNS` and whether one was replaced; None if there is no
+    such screening. Without a `patient_id`, the screening is its own patient.
+    """
+    row = await pool.fetchrow(
+        "INSERT INTO diagnoses (screening_id, diagnosis, confirmed_by, patient_id)"
+        " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings WHERE id = $1"
+        " ON CONFLICT (screening_id) DO UPDATE SET diagnosis = excluded.diagnosis,"
+        " confirmed_by = excluded.confirmed_by, patient_id = excluded.patient_id,"
+        " updated_at = now()"
+        f" RETURNING {DIAGNOSIS_COLUMNS}, (xmax <> 0) AS replaced",
+        screening_id,
+        diagnosis,
+        confirmed_by,
+        patient_id,
+    )
+    if row is None:
+        return None
+    recorded = dict(row)
+    replaced = bool(recorded.pop("replaced"))
+    return recorded, replaced
+
+
+async def get_diagnosis(pool: Connection, screening_id: UUID) -> dict[str, Any] | None:
+    """The screening's confirmed diagnosis (`DIAGNOSIS_COLUMNS`), or None if none is recorded."""
+    row = await pool.fetchrow(
+        f"SELECT {DIAGNOSIS_COLUMNS} FROM diagnoses WHERE screening_id = $1", screening_id
+    )
+    return None if row is None else dict(row)
+
+
+async def confirmed(pool: Connection) -> list[asyncpg.Record]:
+    """Every screening with a confirmed diagnosis, by id: id, clinical, image_key, diagnosis,
+    patient_id."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT s.id, s.clinical, s.image_key, d.diagnosis, d.patient_id"
+        " FROM diagnoses AS d JOIN screenings AS s ON s.id = d.screening_id ORDER BY s.id"
+    )
+    return rows
