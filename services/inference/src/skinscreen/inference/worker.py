@@ -23,6 +23,7 @@ from . import metrics
 from .active_model import ActiveModel
 from .batching import Batcher
 from .model import LoadedModel
+from .retries import backoff_s
 from .settings import get_settings
 
 # Uploads may be HEIC/HEIF (iPhones); the gateway accepted them, so the worker must read them.
@@ -111,10 +112,6 @@ def _clinical_vector(task: ScreeningTask, model: LoadedModel) -> np.ndarray:
     return encode(task.clinical)
 
 
-def _backoff_s(retries: int) -> float:
-    return min(settings.RETRY_BACKOFF_MAX_S, settings.RETRY_BACKOFF_S * 2**retries)
-
-
 @app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=settings.MAX_RETRIES)
 def screen(self: Task, message: dict[str, Any]) -> str:
     """Run one screening through the next batch; its result is in PostgreSQL when this returns."""
@@ -142,7 +139,10 @@ def screen(self: Task, message: dict[str, Any]) -> str:
             runtime.batcher.fail(task.screening_id, reason)
             return "failed"
         logger.warning("screening %s: %s; retrying", task.screening_id, exc)
-        raise self.retry(exc=exc, countdown=_backoff_s(retries)) from exc
+        raise self.retry(
+            exc=exc,
+            countdown=backoff_s(retries, settings.RETRY_BACKOFF_S, settings.RETRY_BACKOFF_MAX_S),
+        ) from exc
     return outcome.value
 
 
