@@ -16,9 +16,9 @@ import pytest
 from redis import Redis
 
 from skinscreen.dev.embedded import free_port
+from skinscreen.gateway.queue_metrics import screening_id_of
 from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import QUEUE
-from skinscreen.runtime.queue_metrics import screening_id_of
 from tests.conftest import DESIGN_EXAMPLE, REPO
 from tests.serving.conftest import Database, Process, start_worker
 from tests.waiting import wait_until

@@ -13,9 +13,9 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from skinscreen.gateway import metrics as gateway_metrics
+from skinscreen.gateway.queue_metrics import QueueCollector, QueueState
 from skinscreen.inference import metrics as inference_metrics
 from skinscreen.runtime.queue import DEFAULT_MODEL_NAME, queue_for
-from skinscreen.runtime.queue_metrics import QueueCollector, QueueState
 from skinscreen.trainer import metrics as trainer_metrics
 
 from .conftest import K8S, Overlay

@@ -26,9 +26,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from skinscreen.runtime.queue_metrics import QueueCollector, read_queue_state, served_queues
-
 from .deps import ServicesDep
+from .queue_metrics import QueueCollector, read_queue_state, served_queues
 from .routes.screenings import PREFIX as SCREENINGS
 
 # Requests that matched no route share one label value, so unknown paths cannot

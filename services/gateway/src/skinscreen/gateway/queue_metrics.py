@@ -22,8 +22,8 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import screenings
-from .queue import QUEUE, TRAINING_QUEUE, queue_for
+from skinscreen.runtime import screenings
+from skinscreen.runtime.queue import QUEUE, TRAINING_QUEUE, queue_for
 
 logger = logging.getLogger(__name__)
 
