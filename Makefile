@@ -47,7 +47,7 @@ EXPERIMENTS_OPTIONS ?= --target cancer --views 4 --ensemble 1 --epochs 12 \
 
 # The fusion paper's tables and t-SNE figures, from $(DATA), into a run folder in $(RUNS).
 experiments: $(INSTALLED)
-	$(VENV)/bin/skinscreen-trainer experiments --data $(DATA) --runs $(RUNS) $(EXPERIMENTS_OPTIONS)
+	$(VENV)/bin/skinscreen-research experiments --data $(DATA) --runs $(RUNS) $(EXPERIMENTS_OPTIONS)
 
 # The dermoscopy paper on $(HAM10000); publishes skinscreen-dermoscopy into $(STORE).
 # glibc hands the network's large freed buffers back to the system and faults them in
@@ -55,7 +55,7 @@ experiments: $(INSTALLED)
 dermoscopy: export MALLOC_MMAP_THRESHOLD_ := 4294967296
 dermoscopy: export MALLOC_TRIM_THRESHOLD_ := 4294967296
 dermoscopy: $(INSTALLED)
-	$(VENV)/bin/skinscreen-trainer dermoscopy --data $(HAM10000) --runs $(RUNS) --store $(STORE)
+	$(VENV)/bin/skinscreen-research dermoscopy --data $(HAM10000) --runs $(RUNS) --store $(STORE)
 
 # EfficientNet-Lite0 fully fine-tuned against the shipped skinscreen-dermoscopy (REFERENCE), on
 # the split it was trained on: docs/experiments/dermoscopy-lite0 (71 min on 2 CPU cores);
@@ -65,7 +65,7 @@ LITE0_OPTIONS ?= --lite0-mode full --lite0-image-size 192 --lite0-epochs 12 --li
 dermoscopy-lite0: export MALLOC_MMAP_THRESHOLD_ := 4294967296
 dermoscopy-lite0: export MALLOC_TRIM_THRESHOLD_ := 4294967296
 dermoscopy-lite0: $(INSTALLED)
-	$(VENV)/bin/skinscreen-trainer dermoscopy-lite0 --data $(HAM10000) --reference $(REFERENCE) \
+	$(VENV)/bin/skinscreen-research dermoscopy-lite0 --data $(HAM10000) --reference $(REFERENCE) \
 		--runs $(RUNS) $(LITE0_OPTIONS)
 
 test: $(INSTALLED)
@@ -75,7 +75,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/core/src libs/runtime/src services/trainer/src services/gateway/src \
-		services/inference/src tests research
+		services/inference/src research/src tests
 
 K8S_VENV ?= .venv-k8s
 K8S_INSTALLED := $(K8S_VENV)/.installed

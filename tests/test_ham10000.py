@@ -16,7 +16,7 @@ from skinscreen.core.ham10000 import (
     load_ham10000,
 )
 from skinscreen.core.pad_ufes import DataError
-from skinscreen.trainer.dermoscopy_experiments import lesion_split
+from skinscreen.trainer.dermoscopy_training import lesion_split
 from skinscreen.trainer.evaluation import patient_folds
 
 

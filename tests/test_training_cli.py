@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -237,3 +240,48 @@ def test_evaluate_scores_a_published_model_on_a_data_folder(
         "confusion_matrix",
     }
     assert sum(map(sum, result["metrics"]["confusion_matrix"])) == 12
+
+
+# Runs the trainer's command line in a fresh interpreter, then prints which heavy modules it
+# loaded: the registry commands must start without torch (or ONNX Runtime).
+LIGHT_PROBE = """
+import json, sys
+from skinscreen.trainer.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = ("torch", "onnxruntime", "skinscreen.trainer.recipes")
+print(json.dumps({"code": code, "loaded": [name for name in heavy if name in sys.modules]}))
+"""
+
+
+def run_light_probe(arguments: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    probe = subprocess.run(
+        [sys.executable, "-c", LIGHT_PROBE, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert probe.returncode == 0, probe.stderr
+    result: dict[str, Any] = json.loads(probe.stdout.splitlines()[-1])
+    result["stdout"] = probe.stdout
+    return result
+
+
+def test_registry_commands_start_without_torch() -> None:
+    for arguments in (["models", "list", "--help"], ["runs", "submit", "--help"], ["--help"]):
+        result = run_light_probe(arguments)
+        assert result["code"] == 0, result
+        assert result["loaded"] == [], arguments
+
+
+def test_the_probe_sees_torch_when_a_command_loads_it() -> None:
+    """The probe above can fail: `train --help` lists the fusion recipe's options, which
+    needs the recipe, and with it torch."""
+    result = run_light_probe(["train", "--help"])
+    assert result["code"] == 0
+    assert "--clinical-share" in result["stdout"]
+    assert "torch" in result["loaded"]

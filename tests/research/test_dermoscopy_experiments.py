@@ -1,6 +1,5 @@
-"""The dermoscopy paper's network: shapes for 1-3 blocks, its training pieces, its image-only
-export and card, a small real run of the `dermoscopy` command on HAM10000, and the
-`dermoscopy-lite0` comparison against the version that run published."""
+"""The dermoscopy paper's experiments: a small real run of `skinscreen-research dermoscopy` on
+HAM10000, and the `dermoscopy-lite0` comparison against the version that run published."""
 
 from __future__ import annotations
 
@@ -13,111 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from skinscreen.core.card import ModelCard, latest_version, read_card, verified_model
+from skinscreen.core.card import latest_version, verified_model
 from skinscreen.core.ham10000 import load_ham10000
-from skinscreen.trainer.cli import main
-from skinscreen.trainer.dermoscopy import (
-    DermoscopyNetwork,
-    NetworkSpec,
-    balanced_epoch,
-    load_checkpoint,
-)
-from skinscreen.trainer.export import ExportError, export_image_only_onnx
+from skinscreen.research.cli import main
+from skinscreen.trainer.dermoscopy import load_checkpoint
 from skinscreen.trainer.training import load_images
 from tests.conftest import REPO, missing_data_arguments
-
-
-@pytest.mark.parametrize(
-    ("blocks", "maps", "parameters"),
-    [
-        # 150 -> conv 148 -> pool 74 -> conv 72 -> pool 36 -> conv 34 -> pool 17
-        (1, (32, 74, 74), 896 + 32 * 74 * 74 * 64 + 64 + 65),
-        (2, (32, 36, 36), 896 + 9248 + 32 * 36 * 36 * 64 + 64 + 65),
-        (3, (64, 17, 17), 896 + 9248 + 18496 + 64 * 17 * 17 * 64 + 64 + 65),
-    ],
-)
-def test_network_shapes_follow_the_paper(
-    blocks: int, maps: tuple[int, int, int], parameters: int
-) -> None:
-    spec = NetworkSpec(blocks=blocks, image_size=150)
-    torch.manual_seed(0)
-    network = DermoscopyNetwork(spec).eval()
-    images = torch.randint(0, 256, (3, 150, 150, 3), dtype=torch.uint8)
-    network.set_pixel_statistics(images)
-    with torch.inference_mode():
-        x = (images.permute(0, 3, 1, 2).float() - network.pixel_mean) / network.pixel_std
-        features = network.features(x)
-        probability = network(images)
-    assert features.shape == (3, *maps)
-    assert spec.flat_features == maps[0] * maps[1] * maps[2]
-    assert probability.shape == (3,)
-    assert ((probability > 0) & (probability < 1)).all()
-    assert sum(p.numel() for p in network.parameters()) == parameters
-    # One 64-unit dense layer, one output.
-    dense = [m for m in network.classifier if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in dense] == [(spec.flat_features, 64), (64, 1)]
-
-
-@pytest.mark.parametrize(("blocks", "size"), [(0, 150), (4, 150), (3, 20)])
-def test_impossible_networks_are_refused(blocks: int, size: int) -> None:
-    with pytest.raises(ValueError, match=r"blocks must be 1 to 3|too small for 3 blocks"):
-        NetworkSpec(blocks=blocks, image_size=size)
-
-
-def test_pixel_statistics_are_those_of_the_training_photos() -> None:
-    images = torch.randint(0, 256, (5, 40, 40, 3), dtype=torch.uint8)
-    network = DermoscopyNetwork(NetworkSpec(blocks=1, image_size=40))
-    network.set_pixel_statistics(images)
-    pixels = images.reshape(-1, 3).double()
-    torch.testing.assert_close(network.pixel_mean.flatten().double(), pixels.mean(dim=0))
-    torch.testing.assert_close(
-        network.pixel_std.flatten().double(), pixels.std(dim=0, correction=0), rtol=1e-4, atol=0
-    )
-
-
-def test_balanced_epoch_takes_every_malignant_and_as_many_fresh_benign() -> None:
-    labels = np.array([1] * 10 + [0] * 40)
-    rows = np.arange(5, 50)  # five malignant rows are not training rows
-    rng = np.random.default_rng(0)
-    first, second = balanced_epoch(labels, rows, rng), balanced_epoch(labels, rows, rng)
-    for epoch in (first, second):
-        assert len(set(epoch)) == len(epoch) == 10
-        assert set(epoch[labels[epoch] == 1]) == set(range(5, 10))
-        assert set(epoch) <= set(rows)
-    assert set(first[labels[first] == 0]) != set(second[labels[second] == 0])
-
-
-def test_image_only_export_takes_the_photo_alone(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    network = DermoscopyNetwork(NetworkSpec(blocks=3, image_size=64)).eval()
-    images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
-    difference = export_image_only_onnx(network, tmp_path / "model.onnx", images, 64)
-    assert difference <= 1e-4
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    (image,) = session.get_inputs()
-    assert (image.name, image.type, image.shape[1:]) == ("image", "tensor(uint8)", [64, 64, 3])
-    (output,) = session.get_outputs()
-    assert (output.name, output.type, len(output.shape)) == (
-        "cancer_probability",
-        "tensor(float)",
-        1,
-    )
-    more = np.random.default_rng(1).integers(0, 256, (7, 64, 64, 3), dtype=np.uint8)
-    with torch.inference_mode():
-        expected = network(torch.from_numpy(more)).numpy()
-    np.testing.assert_allclose(session.run(None, {"image": more})[0], expected, atol=1e-5)
-    with pytest.raises(ExportError, match=r"parity images must be uint8 \[N, 64, 64, 3\]"):
-        export_image_only_onnx(network, tmp_path / "m.onnx", images[:, :32], 64)
-
-
-def test_cards_declare_their_inputs_and_old_cards_mean_both() -> None:
-    card = read_card(latest_version(REPO / "models", "skinscreen-fusion"))
-    assert card.inputs == ("image", "clinical")  # written before the field existed
-    image_only = ModelCard.model_validate({**card.model_dump(), "inputs": ["image"]})
-    assert json.loads(image_only.model_dump_json())["inputs"] == ["image"]
-    for wrong in (["clinical"], [], ["image", "image"], ["image", "metadata"]):
-        with pytest.raises(ValueError, match="inputs"):
-            ModelCard.model_validate({**card.model_dump(), "inputs": wrong})
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +84,7 @@ def test_dermoscopy_command_reports_every_experiment(small_run: dict[str, Path])
             )
     assert len(report["split_networks"][2]["validation_auc_per_epoch"]) == 2
     assert len(report["cross_validation"]["per_fold"]) == 2
-    assert report["command"].startswith("skinscreen-trainer dermoscopy")
+    assert report["command"].startswith("skinscreen-research dermoscopy")
     markdown = (run_dir / "report.md").read_text()
     assert "## Test split, sigmoid output read at 0.5 (as in the paper)" in markdown
     assert "| 3 blocks |" in markdown
@@ -301,7 +201,7 @@ def test_lite0_comparison_rebuilds_the_reference_split_and_scores_its_onnx(
     predictions = np.load(run_dir / "predictions.npz")
     assert predictions["lite0_test"].shape == predictions["test_rows"].shape == (20,)
     assert np.all((predictions["lite0_test"] >= 0) & (predictions["lite0_test"] <= 1))
-    assert report["command"].startswith("skinscreen-trainer dermoscopy-lite0")
+    assert report["command"].startswith("skinscreen-research dermoscopy-lite0")
     markdown = (run_dir / "report.md").read_text()
     assert "# EfficientNet-Lite0 (full) against skinscreen-dermoscopy" in markdown
     assert "| EfficientNet-Lite0 (full) |" in markdown

@@ -12,10 +12,10 @@ from PIL import Image
 from sklearn.metrics import fbeta_score
 
 from skinscreen.core.pad_ufes import load_pad_ufes
-from skinscreen.trainer.cli import main
+from skinscreen.research.cli import main
+from skinscreen.research.fusion_experiments import Setting, best_setting, head_config
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import Threshold, fbeta_at
-from skinscreen.trainer.fusion_experiments import Setting, best_setting, head_config
 from skinscreen.trainer.pipeline import CrossValidation, select_subset
 from skinscreen.trainer.training import Trainer, load_images
 from tests.conftest import missing_data_arguments

@@ -18,7 +18,7 @@ from skinscreen.runtime.commands import (
 )
 from skinscreen.runtime.queue import DEFAULT_MODEL_NAME, QUEUE, queue_for
 from skinscreen.runtime.settings import SharedSettings
-from skinscreen.runtime.training_runs import TrainingRequest
+from skinscreen.runtime.training_runs import parse_training_request
 from skinscreen.trainer.settings import Settings as TrainerSettings
 from tests.conftest import REPO
 
@@ -341,7 +341,7 @@ def test_trainer_worker_and_scheduled_retraining(
         if item["metadata"]["name"] == volume["configMap"]["name"]
     ]
     assert len(config) == 1
-    TrainingRequest.model_validate_json(config[0]["data"]["training.json"])
+    parse_training_request(json.loads(config[0]["data"]["training.json"]))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -24,29 +24,22 @@ from pydantic import ValidationError
 
 from skinscreen.core.card import ModelCard, verified_model
 from skinscreen.core.ham10000 import DermoscopyDataset, load_ham10000
-from skinscreen.trainer.dermoscopy_experiments import (
+from skinscreen.research.dermoscopy_experiments import (
     CLASSES,
-    PAPER_THRESHOLD,
     DermoscopyConfig,
-    Split,
     SplitModel,
     data_lines,
     data_summary,
     fit_lite0,
-    lesion_split,
     network_rows,
     table_head,
     table_row,
 )
+from skinscreen.research.report import heading_section, plot_confusion
+from skinscreen.trainer.dermoscopy_training import PAPER_THRESHOLD, Split, lesion_split
 from skinscreen.trainer.evaluation import paired_auc_difference
 from skinscreen.trainer.pipeline import new_run_dir, select_subset
-from skinscreen.trainer.report import (
-    RocCurve,
-    heading_section,
-    plot_confusion,
-    plot_roc_curves,
-    time_section,
-)
+from skinscreen.trainer.report import RocCurve, plot_roc_curves, time_section
 from skinscreen.trainer.training import load_images
 
 log = logging.getLogger(__name__)
@@ -89,7 +82,7 @@ def reference_config(folder: Path) -> tuple[Path, ModelCard, DermoscopyConfig]:
         raise ValueError(
             f"{folder}/card.json: its training_config is not a dermoscopy run's "
             f"({error.error_count()} problems); pass a version published by "
-            "`skinscreen-trainer dermoscopy`"
+            "`skinscreen-research dermoscopy`"
         ) from None
     return model_path, card, config
 

@@ -7,6 +7,10 @@ sensitivity, specificity, precision, ROC curves, confusion matrix); then a
 5-fold cross-validation of the 3-block network, grouped by lesion. The
 3-block network is exported with the photo as its only input and published
 as `skinscreen-dermoscopy`, through the same card and store as the fusion model.
+
+The 3-block network, its split, cross-validation, export and card are the
+trainer's production recipe (`skinscreen.trainer.dermoscopy_training`); this
+module adds the layer sweep, Lite0 and the paper's report around them.
 """
 
 from __future__ import annotations
@@ -15,57 +19,39 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from skinscreen.core.card import DecisionThreshold, MetricSummary, ModelCard, file_sha256, publish
+from skinscreen.core.card import ModelCard, publish
 from skinscreen.core.clinical import N_CLINICAL
-from skinscreen.core.ham10000 import DermoscopyDataset, load_ham10000
+from skinscreen.core.ham10000 import DermoscopyDataset
+from skinscreen.research.report import heading_section, plot_confusion, plot_roc
 from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.dermoscopy import (
-    DENSE_UNITS,
-    DermoscopyNetwork,
-    NetworkSpec,
-    fit_network,
-    predict,
-    save_checkpoint,
+from skinscreen.trainer.dermoscopy_training import (
+    PAPER_THRESHOLD,
+    PUBLISHED_BLOCKS,
+    DermoscopyTrainConfig,
+    Split,
+    SplitFit,
+    cross_validate,
+    export_served_network,
+    fit_on_split,
+    lesion_split,
+    load_data,
+    scores,
+    screening_threshold,
 )
-from skinscreen.trainer.evaluation import (
-    Threshold,
-    binary_metrics,
-    choose_threshold,
-    patient_folds,
-)
-from skinscreen.trainer.export import export_image_only_onnx, parity_rows
-from skinscreen.trainer.pipeline import (
-    CrossValidation,
-    new_run_dir,
-    score_cross_validation,
-    select_subset,
-)
-from skinscreen.trainer.report import (
-    RocCurve,
-    heading_section,
-    plot_confusion,
-    plot_roc,
-    plot_roc_curves,
-    time_section,
-)
+from skinscreen.trainer.evaluation import Threshold
+from skinscreen.trainer.pipeline import CrossValidation, new_run_dir
+from skinscreen.trainer.report import RocCurve, plot_roc_curves, time_section
 from skinscreen.trainer.training import Trainer, load_images, resolve_device
 
 log = logging.getLogger(__name__)
 
-DERMOSCOPY_MODEL_NAME: Final = "skinscreen-dermoscopy"
 SWEEP_BLOCKS: Final = (1, 2, 3)
-PUBLISHED_BLOCKS: Final = 3
-# A sigmoid output read at 0.5, as the paper reports it; training on balanced
-# epochs puts 0.5 where the two classes weigh the same.
-PAPER_THRESHOLD: Final = 0.5
 CLASSES: Final = ("benign", "malignant")
 REPORTED = ("roc_auc", "accuracy", "recall", "specificity", "precision", "balanced_accuracy")
 HEADERS: Final = {
@@ -78,33 +64,9 @@ HEADERS: Final = {
 }
 
 
-class DermoscopyConfig(BaseModel):
-    """Every knob of the dermoscopy experiments; defaults are the published model's."""
+class DermoscopyConfig(DermoscopyTrainConfig):
+    """Every knob of the dermoscopy experiments: the served network's, and Lite0's beside it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: Path = Field(description="HAM10000 folder holding HAM10000_metadata.csv and images/.")
-    name: str = Field(
-        DERMOSCOPY_MODEL_NAME,
-        pattern=r"^[a-z0-9][a-z0-9-]*$",
-        description="Model name in the store.",
-    )
-    image_size: Annotated[int, Field(ge=32, le=512)] = Field(
-        150, description="Input side S of the paper's network (150 in the paper)."
-    )
-    epochs: Annotated[int, Field(ge=1)] = Field(
-        30, description="Class-balanced epochs of each network on the 60/20/20 split."
-    )
-    cv_epochs: Annotated[int, Field(ge=1)] = Field(
-        10, description="Class-balanced epochs of the 3-block network in each fold of the CV."
-    )
-    batch_size: Annotated[int, Field(ge=2)] = 32
-    learning_rate: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="Adam's rate.")
-    folds: Annotated[int, Field(ge=2)] = 5
-    seed: int = 0
-    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        0.95, description="The served threshold is the highest reaching it on validation."
-    )
     lite0: bool = Field(True, description="Fit EfficientNet-Lite0 on the same split to compare.")
     lite0_image_size: Annotated[int, Field(ge=32, le=1024)] = 192
     lite0_mode: Literal["cached", "full"] = Field(
@@ -115,10 +77,6 @@ class DermoscopyConfig(BaseModel):
     lite0_learning_rate: Annotated[float, Field(gt=0.0)] = Field(
         1e-3, description="Adam's rate for Lite0 (full fine-tuning wants a lower one, e.g. 3e-4)."
     )
-    max_samples: Annotated[int | None, Field(ge=50)] = Field(
-        None, description="Use a stratified subset of this many images (smoke runs)."
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def lite0_config(self) -> TrainConfig:
         """The fusion trainer's configuration of the Lite0 comparison: image only, two classes."""
@@ -155,24 +113,6 @@ class ImageOnlyRows:
         raise ValueError("HAM10000's diagnoses are not PAD-UFES-20's: train with target 'cancer'")
 
 
-@dataclass(frozen=True)
-class Split:
-    train: np.ndarray
-    validation: np.ndarray
-    test: np.ndarray
-
-
-def lesion_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> Split:
-    """60/20/20, stratified by label, every lesion's images on one side.
-
-    Two of five grouped folds are the test and validation parts; the other three train.
-    """
-    folds = patient_folds(labels, groups, 5, seed)
-    test, validation = folds[0][1], folds[1][1]
-    train = np.setdiff1d(np.arange(len(labels)), np.concatenate([test, validation]))
-    return Split(train, validation, test)
-
-
 @dataclass
 class SplitModel:
     """One network fitted on the split's training part, with its predictions."""
@@ -202,81 +142,54 @@ def run_dermoscopy(
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    dataset = select_subset(load_ham10000(config.data), config.max_samples, config.seed)
+    dataset = load_data(config)
     run_dir = new_run_dir(runs, f"dermoscopy-{config.image_size}")
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     labels = dataset.labels
-    log.info(
-        "HAM10000: %d images, %d rows skipped (image missing); %s",
-        len(dataset),
-        dataset.skipped_missing_image,
-        dict(sorted(dataset.diagnoses.items())),
-    )
     images = load_images(dataset, config.image_size)
     timings["load_images_s"] = time.perf_counter() - started
     split = lesion_split(labels, dataset.groups, config.seed)
     device = resolve_device(config.device)
 
     models: list[SplitModel] = []
-    network: DermoscopyNetwork | None = None
+    published_fit: SplitFit | None = None
     for blocks in SWEEP_BLOCKS:
-        mark = time.perf_counter()
-        fit = fit_network(
-            NetworkSpec(blocks=blocks, image_size=config.image_size),
-            images,
-            labels,
-            split.train,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            seed=config.seed,
-            device=device,
-            desc=f"{blocks}-block network",
-            validation=split.validation,
-        )
+        fit = fit_on_split(config, images, labels, split, blocks, device)
         models.append(
             SplitModel(
                 f"{blocks} block{'s' if blocks > 1 else ''}",
-                predict(fit.model, images, split.validation, device),
-                predict(fit.model, images, split.test, device),
-                time.perf_counter() - mark,
-                fit.epoch,
-                fit.validation_auc,
+                fit.validation,
+                fit.test,
+                fit.seconds,
+                fit.fit.epoch,
+                fit.fit.validation_auc,
             )
         )
-        timings[f"split_{blocks}_blocks_s"] = models[-1].seconds
+        timings[f"split_{blocks}_blocks_s"] = fit.seconds
         if blocks == PUBLISHED_BLOCKS:
-            network = fit.model
-    assert network is not None
+            published_fit = fit
+    assert published_fit is not None
     if config.lite0:
         models.append(fit_lite0(config, dataset, split))
         timings["split_lite0_s"] = models[-1].seconds
 
     mark = time.perf_counter()
-    cv = _cross_validate(config, images, labels, dataset.groups, device)
+    cv = cross_validate(config, images, labels, dataset.groups, device)
     timings["cross_validation_s"] = time.perf_counter() - mark
 
-    main = models[SWEEP_BLOCKS.index(PUBLISHED_BLOCKS)]
-    threshold = choose_threshold(
-        labels[split.validation], main.validation, "recall", config.recall_target
-    )
     mark = time.perf_counter()
-    model_path = run_dir / "model.onnx"
-    rows = split.test[parity_rows(len(split.test))]
-    parity = export_image_only_onnx(
-        network, model_path, images[torch.from_numpy(rows)].numpy(), config.image_size
-    )
-    save_checkpoint(network, run_dir / "checkpoint.pt", {"threshold": threshold.value})
+    exported = export_served_network(config, run_dir, dataset, images, split, published_fit, cv)
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
-    card = _card(config, dataset, split, threshold, cv, model_path)
-    (run_dir / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
-    report = _report(config, command, dataset, split, models, threshold, cv, card, parity, timings)
+    card, threshold = exported.card, exported.threshold
+    report = _report(
+        config, command, dataset, split, models, threshold, cv, card, exported.parity, timings
+    )
     _plots(run_dir, labels, split, models, threshold, cv)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_markdown(report))
-    published = publish(store, model_path, card) if store is not None else None
+    published = publish(store, exported.model_path, card) if store is not None else None
     if published is not None:
         log.info("published %s %s at %s", card.name, card.version, published)
     return DermoscopyResult(run_dir, report, card, published)
@@ -297,84 +210,6 @@ def fit_lite0(config: DermoscopyConfig, dataset: DermoscopyDataset, split: Split
     )
 
 
-def _cross_validate(
-    config: DermoscopyConfig,
-    images: torch.Tensor,
-    labels: np.ndarray,
-    groups: np.ndarray,
-    device: torch.device,
-) -> CrossValidation:
-    """The 3-block network in k folds grouped by lesion, each scored at the others' threshold."""
-    folds = patient_folds(labels, groups, config.folds, config.seed)
-    probabilities = np.zeros(len(labels), dtype=np.float64)
-    for index, (train, test) in enumerate(folds):
-        fit = fit_network(
-            NetworkSpec(blocks=PUBLISHED_BLOCKS, image_size=config.image_size),
-            images,
-            labels,
-            train,
-            epochs=config.cv_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            seed=config.seed + index,
-            device=device,
-            desc=f"fold {index + 1}/{len(folds)}",
-        )
-        probabilities[test] = predict(fit.model, images, test, device)
-    return score_cross_validation(
-        labels, probabilities, folds, "recall", config.recall_target, 1.0, (1.0,)
-    )
-
-
-def _card(
-    config: DermoscopyConfig,
-    dataset: DermoscopyDataset,
-    split: Split,
-    threshold: Threshold,
-    cv: CrossValidation,
-    model_path: Path,
-) -> ModelCard:
-    created = datetime.now(UTC)
-    labels = dataset.labels
-    return ModelCard(
-        name=config.name,
-        version=created.strftime("%Y%m%d.%H%M%S"),
-        created_at=created,
-        sha256=file_sha256(model_path),
-        input_size=config.image_size,
-        backbone=f"dermoscopy-cnn-{PUBLISHED_BLOCKS}-blocks",
-        clinical_share=None,
-        n_image_features=DENSE_UNITS,
-        use_clinical=False,
-        balancing="balanced-epochs",
-        training_mode="full",
-        decision_threshold=DecisionThreshold(
-            value=threshold.value,
-            method=threshold.method,
-            description=f"highest threshold reaching recall >= {config.recall_target} on the "
-            "validation split (20 %, grouped by lesion)",
-        ),
-        data_fingerprint=dataset.fingerprint(),
-        data_description=(
-            f"HAM10000 at {config.data}: {len(dataset)} images of "
-            f"{len(set(dataset.groups))} lesions, {int(labels.sum())} malignant (mel, bcc, "
-            f"akiec); trained on {len(split.train)} (60 %), best epoch and threshold chosen on "
-            f"{len(split.validation)} (20 %), tested on {len(split.test)} (20 %), grouped by "
-            f"lesion; cross-validation: {config.folds} folds grouped by lesion, "
-            f"{config.cv_epochs} epochs each; {dataset.skipped_missing_image} metadata rows "
-            "without an image skipped"
-        ),
-        cross_validation={key: MetricSummary(**value) for key, value in cv.summary.items()},
-        folds=config.folds,
-        training_config=json.loads(config.model_dump_json()),
-        inputs=("image",),
-    )
-
-
-def scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, Any]:
-    return binary_metrics(labels, probabilities, threshold, (1.0,))
-
-
 def network_rows(
     config: DermoscopyConfig, labels: np.ndarray, split: Split, models: list[SplitModel]
 ) -> list[dict[str, Any]]:
@@ -382,9 +217,7 @@ def network_rows(
     test_labels = labels[split.test]
     rows = []
     for model in models:
-        screening = choose_threshold(
-            labels[split.validation], model.validation, "recall", config.recall_target
-        ).value
+        screening = screening_threshold(config, labels, split, model.validation).value
         rows.append(
             {
                 "name": model.name,

@@ -26,6 +26,7 @@ from sklearn.manifold import TSNE
 from sklearn.model_selection import train_test_split
 
 from skinscreen.core.pad_ufes import load_pad_ufes
+from skinscreen.research.report import heading_section, plot_embedding
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.config import TrainConfig
 from skinscreen.trainer.evaluation import patient_folds
@@ -33,11 +34,10 @@ from skinscreen.trainer.model import ScreeningModel, n_image_features
 from skinscreen.trainer.pipeline import (
     CrossValidation,
     new_run_dir,
-    out_of_fold_probabilities,
     score_cross_validation,
     select_subset,
 )
-from skinscreen.trainer.report import heading_section, plot_embedding, time_section
+from skinscreen.trainer.report import time_section
 from skinscreen.trainer.training import Trainer, load_images
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,17 @@ def run_fusion_experiments(
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (run_dir / "report.md").write_text(render_markdown(report))
     return FusionExperimentsResult(run_dir, report)
+
+
+def out_of_fold_probabilities(
+    trainer: Trainer, folds: list[tuple[np.ndarray, np.ndarray]], seed: int
+) -> np.ndarray:
+    """Each row's cancer probability from the model of the fold that held it out."""
+    probabilities = np.zeros(len(trainer.targets), dtype=np.float64)
+    for index, (train, test) in enumerate(folds):
+        model = trainer.fit(train, seed=seed + index, desc=f"fold {index + 1}/{len(folds)}")
+        probabilities[test] = trainer.predict(model, test)
+    return probabilities
 
 
 def best_setting(

@@ -8,13 +8,14 @@ patient bootstrap of the ROC AUC difference, and by what their decision rules
 catch and spare out of sample. The recipe `make train` ships is not run again:
 its run folder's validation.npz holds the same kind of predictions.
 
-    .venv/bin/python research/model_selection.py --data ../shared/data/pad-ufes-20 \
+    skinscreen-research model-selection --data ../shared/data/pad-ufes-20 \
         --out docs/default-model/selection --trained runs/<make train run folder>
 
 A recipe whose predictions are already in --out is not run again. Pen ink: the
 trained recipe is refitted on the five outer folds of the first repeat, and
 each fold's photos with pen ink are scored as they are and with the ink
-painted out. Not installed by any service: it reads the trainer's public API.
+painted out. Part of skinscreen-research, which no service installs: it reads the
+trainer's public API.
 """
 
 from __future__ import annotations
@@ -215,16 +216,24 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+def add_command(commands: Any) -> None:
+    """`skinscreen-research model-selection`."""
+    parser = commands.add_parser(
+        "model-selection",
+        allow_abbrev=False,
+        help="candidate fusion recipes against the shipped one on the same nested folds",
+        description=(__doc__ or "").splitlines()[0],
+    )
     parser.add_argument("--data", type=Path, required=True, help="PAD-UFES-20 folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the report")
     parser.add_argument("--trained", type=Path, help="run folder of the shipped recipe")
     parser.add_argument(
         "--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES"
     )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    parser.set_defaults(handler=command_model_selection)
+
+
+def command_model_selection(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = load_pad_ufes(args.data)
     for name in args.recipes.split(","):
@@ -234,7 +243,4 @@ def main() -> None:
         report["pen_ink"] = pen_ink(dataset, args.trained)
         (args.out / "selection.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "selection.md").write_text(render(report))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

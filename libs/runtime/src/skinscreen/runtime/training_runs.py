@@ -1,20 +1,25 @@
 """Training runs as the gateway, the CLI and the trainer worker share them: request, queue, rows.
 
-A run is requested with a `TrainingRequest` (validated here, without torch, so
-the gateway can refuse a bad one with 422), recorded in `training_runs`, and
-carried out by the trainer worker from its own `training` queue.
+A run is requested with a `TrainingRequest`: each model that has a recipe in the
+trainer has its own request, chosen by its `model_name` (`parse_training_request`),
+validated here, without torch, so the gateway can refuse a bad one with 422. It is
+recorded in `training_runs` and carried out by the trainer worker from its own
+`training` queue, with the recipe of that model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field
 
+from skinscreen.core.ham10000 import IMAGE_FOLDERS as HAM10000_IMAGE_FOLDERS
+from skinscreen.core.ham10000 import METADATA_FILE as HAM10000_METADATA
 from skinscreen.core.pad_ufes import IMAGES_FOLDER, METADATA_FILE
 
 from .queue import TRAINING_QUEUE, TRAINING_TASK_NAME
@@ -25,22 +30,46 @@ CONFIRMED_SCREENINGS: Final = "confirmed-screenings"
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: Final = frozenset({"succeeded", "failed", "cancelled"})
 
-# The trainer's choices; tests/test_training_runs_contract.py pins them to the trainer's own.
+# The trainer's choices; tests/test_training_request.py pins them to the trainer's own.
 Backbone = Literal[
     "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "resnet50", "simple-cnn"
 ]
 Balancing = Literal["weighted", "de-mutation", "none"]
 
+FUSION_MODEL_NAME: Final = "skinscreen-fusion"
+DERMOSCOPY_MODEL_NAME: Final = "skinscreen-dermoscopy"
 
-class TrainingRequest(BaseModel):
-    """What a training run may be asked to do; defaults are those of the shipped model."""
+
+@dataclass(frozen=True)
+class DataLayout:
+    """What a folder data source of a recipe must hold, so a bad one is refused up front."""
+
+    description: str
+    metadata_file: str
+    # The images are in any one of these folders.
+    image_folders: tuple[str, ...]
+    # Whether the recipe also learns from screenings with a confirmed diagnosis.
+    takes_confirmed_screenings: bool
+
+
+PAD_UFES_LAYOUT: Final = DataLayout(
+    "PAD-UFES-20", METADATA_FILE, (IMAGES_FOLDER,), takes_confirmed_screenings=True
+)
+HAM10000_LAYOUT: Final = DataLayout(
+    "HAM10000", HAM10000_METADATA, HAM10000_IMAGE_FOLDERS, takes_confirmed_screenings=False
+)
+
+
+class FusionTrainingRequest(BaseModel):
+    """A run of skinscreen-fusion's recipe; defaults are those of the shipped model."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    data_layout: ClassVar[DataLayout] = PAD_UFES_LAYOUT
 
-    model_name: str = Field(
-        "skinscreen-fusion",
-        pattern=r"^[a-z0-9][a-z0-9-]*$",
-        description="Model name the candidate is published under.",
+    model_name: Literal["skinscreen-fusion"] = Field(
+        FUSION_MODEL_NAME,
+        description="The model to train, which chooses the recipe; the candidate is published "
+        "under it.",
     )
     backbone: Backbone = "efficientnet-lite0"
     clinical_share: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
@@ -83,6 +112,72 @@ class TrainingRequest(BaseModel):
     seed: int = 0
 
 
+class DermoscopyTrainingRequest(BaseModel):
+    """A run of skinscreen-dermoscopy's recipe (the image-only network on HAM10000); defaults
+    are those of the shipped model."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    data_layout: ClassVar[DataLayout] = HAM10000_LAYOUT
+
+    model_name: Literal["skinscreen-dermoscopy"] = Field(
+        description="The model to train, which chooses the recipe; the candidate is published "
+        "under it."
+    )
+    image_size: Annotated[int, Field(ge=32, le=512)] = 150
+    epochs: Annotated[int, Field(ge=1, le=500)] = Field(
+        30, description="Class-balanced epochs on the 60 % training part of the split."
+    )
+    cv_epochs: Annotated[int, Field(ge=1, le=500)] = Field(
+        10, description="Class-balanced epochs in each fold of the cross-validation."
+    )
+    batch_size: Annotated[int, Field(ge=2, le=1024)] = 32
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    folds: Annotated[int, Field(ge=2, le=10)] = Field(
+        5, description="Folds of the cross-validation grouped by lesion (the card's figures)."
+    )
+    recall_target: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.95, description="The threshold is the highest reaching this recall on validation."
+    )
+    data_sources: list[str] = Field(
+        ["ham10000"],
+        min_length=1,
+        max_length=1,
+        description="One folder under TRAINING_DATA_DIR in the HAM10000 layout.",
+    )
+    max_samples: Annotated[int | None, Field(ge=50)] = Field(
+        None, description="Train on a stratified subset of this many images (quick runs)."
+    )
+    seed: int = 0
+
+
+TrainingRequest = FusionTrainingRequest | DermoscopyTrainingRequest
+# The request of each model that has a recipe; the trainer's recipe registry has the same
+# names (tests/test_training_request.py).
+REQUESTS: Final[dict[str, type[TrainingRequest]]] = {
+    FUSION_MODEL_NAME: FusionTrainingRequest,
+    DERMOSCOPY_MODEL_NAME: DermoscopyTrainingRequest,
+}
+ModelName = Literal["skinscreen-fusion", "skinscreen-dermoscopy"]
+
+
+class _Recipe(BaseModel):
+    """The field that chooses the request's model; the others are that model's to check."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_name: ModelName = FUSION_MODEL_NAME
+
+
+def parse_training_request(values: Any) -> TrainingRequest:
+    """The request of the model `values` names (skinscreen-fusion when it names none).
+
+    Raises pydantic's ValidationError with each problem located at its field, as one
+    model's validation would: an unknown model name at `model_name`.
+    """
+    recipe = _Recipe.model_validate(values)
+    return REQUESTS[recipe.model_name].model_validate(values)
+
+
 class TrainingTask(BaseModel):
     """The message on the training queue: the run to carry out (its config is in its row)."""
 
@@ -91,32 +186,49 @@ class TrainingTask(BaseModel):
     run_id: UUID
 
 
-def data_source_problems(sources: list[str], data_dir: Path) -> list[tuple[int, str]]:
-    """(index, what is wrong) for each data source that does not exist or cannot be read."""
+def data_source_problems(request: TrainingRequest, data_dir: Path) -> list[tuple[int, str]]:
+    """(index, what is wrong) for each of the request's data sources that does not exist,
+    cannot be read, or is not in the layout its model's recipe reads."""
+    layout = request.data_layout
     problems = []
     seen = set()
-    for index, source in enumerate(sources):
+    for index, source in enumerate(request.data_sources):
         if source in seen:
             problems.append((index, f"data source {source!r} is listed twice"))
         seen.add(source)
         if source == CONFIRMED_SCREENINGS:
+            if not layout.takes_confirmed_screenings:
+                problems.append((
+                    index,
+                    f"{request.model_name} learns from {layout.description} folders only, "
+                    f"not from {CONFIRMED_SCREENINGS}",
+                ))  # fmt: skip
             continue
         folder = data_dir / source
         if "/" in source or source in {"", ".", ".."}:
             problems.append((index, f"{source!r} is not a folder name under TRAINING_DATA_DIR"))
-        elif not (folder / METADATA_FILE).is_file() or not (folder / IMAGES_FOLDER).is_dir():
+        elif not _holds(folder, layout):
             available = sorted(
                 path.name
                 for path in (data_dir.iterdir() if data_dir.is_dir() else [])
-                if (path / METADATA_FILE).is_file()
+                if _holds(path, layout)
             )
+            if layout.takes_confirmed_screenings:
+                available.append(CONFIRMED_SCREENINGS)
             problems.append((
                 index,
-                f"data source {source!r} does not exist: no {METADATA_FILE} and "
-                f"{IMAGES_FOLDER}/ in {folder}; available: "
-                + ", ".join([*available, CONFIRMED_SCREENINGS]),
+                f"data source {source!r} does not exist: no {layout.metadata_file} and "
+                f"{' or '.join(f'{name}/' for name in layout.image_folders)} in {folder}; "
+                "available: " + ", ".join(available),
             ))  # fmt: skip
     return problems
+
+
+def _holds(folder: Path, layout: DataLayout) -> bool:
+    """Whether `folder` is a data set in `layout`: its metadata file and an image folder."""
+    return (folder / layout.metadata_file).is_file() and any(
+        (folder / images).is_dir() for images in layout.image_folders
+    )
 
 
 RUN_COLUMNS: Final = (

@@ -1,168 +1,83 @@
-"""Command line of the trainer: train, evaluate, export, publish, the papers' experiments; models.
+"""Command line of the trainer: train (any served model's recipe), evaluate, export, publish;
+the registry and the training queue (`models`, `runs`).
 
-Thin over the library: it parses arguments, validates them through
-`TrainConfig`, and calls into the package. Bad input ends with exit code 2
-and a message naming the option, what was wrong and what is allowed.
+Thin over the library: it parses arguments, validates them through the
+recipe's configuration, and calls into the package. Bad input ends with exit
+code 2 and a message naming the option, what was wrong and what is allowed.
+Heavy modules (torch, ONNX Runtime) are imported by the commands that use
+them, so `skinscreen-trainer models list` starts in a moment. The papers'
+experiments are `skinscreen-research`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import shlex
 import sys
-import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
-import numpy as np
-import onnxruntime as ort
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
-
-from skinscreen.core.card import ModelIntegrityError, publish, read_card, verified_model
-from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
-from skinscreen.core.pad_ufes import DIAGNOSES, DataError, load_pad_ufes
-from skinscreen.trainer.config import TrainConfig
-from skinscreen.trainer.dermoscopy_backbone import (
-    LITE0_COMPARISON_OPTIONS,
-    compare_backbone,
-)
-from skinscreen.trainer.dermoscopy_experiments import DermoscopyConfig, run_dermoscopy
-from skinscreen.trainer.evaluation import flag_metrics
-from skinscreen.trainer.export import ExportError, export_onnx, parity_rows
-from skinscreen.trainer.fusion_experiments import (
-    FIXED_BY_EXPERIMENTS,
-    FusionExperimentsConfig,
-    run_fusion_experiments,
-)
-from skinscreen.trainer.model import load_checkpoint
+from skinscreen.runtime.training_runs import FUSION_MODEL_NAME, REQUESTS
+from skinscreen.trainer.cli_options import add_config_options, model_from_args, run_command
 from skinscreen.trainer.registry_cli import add_registry_commands
-from skinscreen.trainer.training import load_images
 
-log = logging.getLogger("skinscreen.trainer")
-
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+PROGRAM = "skinscreen-trainer"
 
 
-class UsageError(Exception):
-    """Bad input from the command line; the message is for the user."""
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_config_options(
-    parser: argparse.ArgumentParser,
-    model: type[BaseModel] = TrainConfig,
-    exclude: Collection[str] = (),
-) -> None:
-    """One option per field of `model` (TrainConfig by default) but those in `exclude`;
-    pydantic validates the strings afterwards."""
-    for name, info in model.model_fields.items():
-        if name in exclude:
-            continue
-        choices = None
-        if typing.get_origin(info.annotation) is typing.Literal:
-            choices = typing.get_args(info.annotation)
-        default = "required" if info.is_required() else f"default {_shown(info.default)}"
-        help_text = f"{info.description + ' ' if info.description else ''}({default})"
-        if name == "report_betas":
-            help_text = "comma-separated betas of the F-beta scores to report " + f"({default})"
-        elif _is_list(info):
-            help_text = f"{info.description} Comma-separated. ({default})"
-        parser.add_argument(
-            _option(name), dest=name, choices=choices, help=help_text, required=info.is_required()
-        )
-
-
-def _is_list(info: FieldInfo) -> bool:
-    return typing.get_origin(info.annotation) is tuple
-
-
-def _shown(value: object) -> str:
-    """A value as the command line takes it."""
-    if isinstance(value, tuple):
-        return ",".join(_shown(item) for item in value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return model_from_args(TrainConfig, args)
-
-
-def model_from_args(model: type[ConfigT], args: argparse.Namespace) -> ConfigT:
-    """Validate the options of `model`'s fields that were given; the rest keep their defaults."""
-    values: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        values[name] = value.split(",") if _is_list(info) else value
-    try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        raise UsageError(_describe(error)) from None
-
-
-def command_line(command: str, *configs: BaseModel, extra: Sequence[str] = ()) -> str:
-    """The shell command that repeats a run: every setting that is not at its default."""
-    parts = [f"skinscreen-trainer {command}"]
-    for config in configs:
-        for name, info in type(config).model_fields.items():
-            value = getattr(config, name)
-            if info.is_required() or value != info.default:
-                parts.append(f"{_option(name)} {shlex.quote(_shown(value))}")
-    parts += extra
-    return " \\\n    ".join(parts)
-
-
-def _describe(error: ValidationError) -> str:
-    lines = ["invalid training configuration:"]
-    for problem in error.errors():
-        location = ".".join(str(part) for part in problem["loc"])
-        option = _option(location) if location else "configuration"
-        given = problem.get("input")
-        shown = f" (given {given!r})" if location and not isinstance(given, dict) else ""
-        lines.append(f"  {option}: {problem['msg']}{shown}")
-    return "\n".join(lines)
+def train_parser(model: str, config_type: type) -> argparse.ArgumentParser:
+    """`train`'s options for the recipe of `model`: its configuration's fields and where to."""
+    parser = argparse.ArgumentParser(
+        prog=f"{PROGRAM} train",
+        description=f"Cross-validate, fit, export and publish {model} with its recipe.",
+    )
+    parser.add_argument(
+        "--model",
+        default=FUSION_MODEL_NAME,
+        choices=list(REQUESTS),
+        help=f"the model to make, which chooses the recipe (default {FUSION_MODEL_NAME}; "
+        "`train --model NAME --help` lists that recipe's options)",
+    )
+    add_config_options(parser, config_type)
+    parser.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    parser.add_argument(
+        "--store", default="var/models", help="model store to publish into (default var/models)"
+    )
+    parser.add_argument("--no-publish", action="store_true", help="do not publish the model")
+    return parser
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from skinscreen.trainer.pipeline import run_training
+    from skinscreen.trainer.recipes import get_recipe
 
-    config = config_from_args(args)
-    store = None if args.no_publish else Path(args.store)
-    result = run_training(config, Path(args.runs), store)
+    recipe = get_recipe(args.model)
+    # The recipe's own options, parsed now that the recipe is known.
+    options = train_parser(recipe.name, recipe.config_type).parse_args(
+        ["--model", args.model, *args.options]
+    )
+    config = model_from_args(recipe.config_type, options)
+    store = None if options.no_publish else Path(options.store)
+    result = recipe.train(config, Path(options.runs), store)
     print(f"run folder: {result.run_dir}")
-    print(f"report:     {result.run_dir / 'report.md'}")
+    report = "report.md" if (result.run_dir / "report.md").is_file() else "report.json"
+    print(f"report:     {result.run_dir / report}")
     if result.published is not None:
         print(f"published:  {result.published}")
-    metrics, flagged = result.estimates.metrics, result.estimates.flagged_by_diagnosis
-    print(
-        "nested cross-validation (95 % patient bootstrap intervals): "
-        + ", ".join(
-            f"{key} {metrics[key].value:.3f} ({metrics[key].low:.3f}-{metrics[key].high:.3f})"
-            for key in ("roc_auc", "recall", "specificity", "balanced_accuracy")
-        )
-    )
-    print(
-        "called suspicious, by diagnosis: "
-        + ", ".join(f"{key} {value.value:.3f}" for key, value in flagged.items())
-    )
-    melanoma = "none" if result.rule.melanoma is None else f"{result.rule.melanoma:.4f}"
-    print(f"thresholds: cancer {result.rule.cancer:.4f}, melanoma {melanoma}")
-    print(f"total time: {result.timings['total_s']:.0f} s")
+    for line in result.summary:
+        print(line)
     return 0
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
     """Score a published model on a PAD-UFES-20 folder through ONNX Runtime."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from skinscreen.core.card import verified_model
+    from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
+    from skinscreen.core.pad_ufes import DIAGNOSES, load_pad_ufes
+    from skinscreen.trainer.evaluation import flag_metrics
+    from skinscreen.trainer.training import load_images
+
     model_path, card = verified_model(Path(args.model))
     dataset = load_pad_ufes(Path(args.data))
     if dataset.fingerprint() == card.data_fingerprint:
@@ -216,6 +131,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_export(args: argparse.Namespace) -> int:
     """Re-export a run's checkpoint to ONNX, checked against PyTorch on real photos."""
+    from skinscreen.core.pad_ufes import load_pad_ufes
+    from skinscreen.trainer.export import export_onnx, parity_rows
+    from skinscreen.trainer.model import load_checkpoint
+    from skinscreen.trainer.training import load_images
+
     model, _ = load_checkpoint(Path(args.checkpoint))
     dataset = load_pad_ufes(Path(args.data))
     subset = dataset.subset(parity_rows(len(dataset)))
@@ -227,6 +147,8 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_publish(args: argparse.Namespace) -> int:
     """Publish a run folder's model.onnx and card.json into a store."""
+    from skinscreen.core.card import publish, read_card
+
     run_dir = Path(args.run)
     card = read_card(run_dir)
     destination = publish(Path(args.store), run_dir / "model.onnx", card)
@@ -234,86 +156,20 @@ def command_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_experiments(args: argparse.Namespace) -> int:
-    """The fusion paper's tables and t-SNE figures on PAD-UFES-20."""
-    config = config_from_args(args)
-    experiments = model_from_args(FusionExperimentsConfig, args)
-    command = command_line("experiments", config, experiments, extra=[f"--runs {args.runs}"])
-    result = run_fusion_experiments(config, experiments, Path(args.runs), command)
-    best = result.report["best"]
-    print(f"run folder: {result.run_dir}")
-    print(f"report:     {result.run_dir / 'report.md'}")
-    print(
-        f"best setting: clinical share {best['clinical_share']}, F-beta with beta {best['beta']:g}"
-    )
-    for row in (*result.report["clinical"], *result.report["balancing"][1:]):
-        print(
-            f"  {row['setting']}: "
-            + ", ".join(
-                f"{key} {row[key]['mean']:.3f} ± {row[key]['std']:.3f}"
-                for key in ("roc_auc", "balanced_accuracy", "precision", "recall")
-            )
-        )
-    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
-    return 0
-
-
-def command_dermoscopy(args: argparse.Namespace) -> int:
-    """The dermoscopy paper's experiments on HAM10000; publishes the 3-block network."""
-    config = model_from_args(DermoscopyConfig, args)
-    store = None if args.no_publish else Path(args.store)
-    extra = [f"--runs {args.runs}", "--no-publish" if store is None else f"--store {store}"]
-    command = command_line("dermoscopy", config, extra=extra)
-    result = run_dermoscopy(config, Path(args.runs), store, command)
-    print(f"run folder: {result.run_dir}")
-    print(f"report:     {result.run_dir / 'report.md'}")
-    if result.published is not None:
-        print(f"published:  {result.published}")
-    for network in result.report["split_networks"]:
-        test = network["test_at_0.5"]
-        print(
-            f"  {network['name']}: test ROC AUC {test['roc_auc']:.3f}, accuracy "
-            f"{test['accuracy']:.3f}, sensitivity {test['recall']:.3f}, specificity "
-            f"{test['specificity']:.3f}, precision {test['precision']:.3f} (at 0.5)"
-        )
-    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
-    return 0
-
-
-def command_dermoscopy_lite0(args: argparse.Namespace) -> int:
-    """EfficientNet-Lite0 against a published dermoscopy network, on that network's split."""
-    config = model_from_args(DermoscopyConfig, args)
-    command = command_line(
-        "dermoscopy-lite0",
-        config,
-        extra=[f"--reference {shlex.quote(args.reference)}", f"--runs {args.runs}"],
-    )
-    result = compare_backbone(config, Path(args.reference), Path(args.runs), command)
-    print(f"run folder: {result.run_dir}")
-    print(f"report:     {result.run_dir / 'report.md'}")
-    for network in result.report["split_networks"]:
-        test = network["test_at_0.5"]
-        print(
-            f"  {network['name']}: test ROC AUC {test['roc_auc']:.3f}, sensitivity "
-            f"{test['recall']:.3f}, specificity {test['specificity']:.3f} (at 0.5)"
-        )
-    print(f"total time: {result.report['timings_s']['total_s']:.0f} s")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skinscreen-trainer", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="cross-validate, fit, export and publish a model")
-    _add_config_options(train)
-    train.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    train.add_argument(
-        "--store", default="var/models", help="model store to publish into (default var/models)"
+    # Its options depend on the recipe; `command_train` parses them once --model is known.
+    train = commands.add_parser(
+        "train",
+        add_help=False,
+        help="cross-validate, fit, export and publish a model with its recipe "
+        f"(--model, default {FUSION_MODEL_NAME}; `train --help` lists the options)",
     )
-    train.add_argument("--no-publish", action="store_true", help="do not publish the model")
-    train.set_defaults(handler=command_train)
+    train.add_argument("--model", default=FUSION_MODEL_NAME)
+    train.set_defaults(handler=command_train, passes_on_options=True)
 
     evaluate = commands.add_parser("evaluate", help="score a published model on a data folder")
     evaluate.add_argument(
@@ -336,75 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish_parser.add_argument("--store", default="var/models", help="model store")
     publish_parser.set_defaults(handler=command_publish)
 
-    # No abbreviated options: `--clinical-share` must not pass for `--clinical-shares`.
-    experiments = commands.add_parser(
-        "experiments",
-        allow_abbrev=False,
-        help="the fusion paper's tables and t-SNE figures (clinical-share sweep with F-beta "
-        "selection, with vs without clinical data, balancing) on PAD-UFES-20",
-    )
-    _add_config_options(experiments, exclude=FIXED_BY_EXPERIMENTS)
-    _add_config_options(experiments, FusionExperimentsConfig)
-    experiments.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    experiments.set_defaults(handler=command_experiments)
-
-    dermoscopy = commands.add_parser(
-        "dermoscopy",
-        allow_abbrev=False,
-        help="the dermoscopy paper's network on HAM10000 (split, layer sweep, Lite0, "
-        "cross-validation); exports and publishes it as an image-only model",
-    )
-    _add_config_options(dermoscopy, DermoscopyConfig)
-    dermoscopy.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    dermoscopy.add_argument(
-        "--store", default="var/models", help="model store to publish into (default var/models)"
-    )
-    dermoscopy.add_argument("--no-publish", action="store_true", help="do not publish the model")
-    dermoscopy.set_defaults(handler=command_dermoscopy)
-
-    lite0 = commands.add_parser(
-        "dermoscopy-lite0",
-        allow_abbrev=False,
-        help="EfficientNet-Lite0 (cached or full fine-tuning) against a published "
-        "skinscreen-dermoscopy version, on the split that version was trained on",
-    )
-    _add_config_options(
-        lite0,
-        DermoscopyConfig,
-        exclude=set(DermoscopyConfig.model_fields) - set(LITE0_COMPARISON_OPTIONS),
-    )
-    lite0.add_argument(
-        "--reference",
-        required=True,
-        help="a published skinscreen-dermoscopy version folder (card.json and model.onnx), "
-        "e.g. models/skinscreen-dermoscopy/20261122.083414",
-    )
-    lite0.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    lite0.set_defaults(handler=command_dermoscopy_lite0)
-
     add_registry_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.handler(args))
-    except (
-        UsageError,
-        DataError,
-        ExportError,
-        ModelIntegrityError,
-        OSError,
-        ValueError,
-    ) as error:
-        print(f"skinscreen-trainer {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, PROGRAM)
 
 
 if __name__ == "__main__":

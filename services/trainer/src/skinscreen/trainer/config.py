@@ -11,13 +11,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from skinscreen.runtime.training_runs import CONFIRMED_SCREENINGS, TrainingRequest
+from skinscreen.runtime.training_runs import (
+    CONFIRMED_SCREENINGS,
+    FUSION_MODEL_NAME,
+    FusionTrainingRequest,
+)
 from skinscreen.trainer.balancing import Balancing
 from skinscreen.trainer.evaluation import ThresholdMethod
 from skinscreen.trainer.model import TEST_TIME_VIEWS, BackboneName, ModelSpec, TargetName
 from skinscreen.trainer.validation import RuleTargets
 
-DEFAULT_MODEL_NAME = "skinscreen-fusion"
+DEFAULT_MODEL_NAME = FUSION_MODEL_NAME
 
 
 class TrainConfig(BaseModel):
@@ -131,7 +135,7 @@ class TrainConfig(BaseModel):
         )
 
 
-def train_config(request: TrainingRequest, data_dir: Path) -> TrainConfig:
+def train_config(request: FusionTrainingRequest, data_dir: Path) -> TrainConfig:
     """The trainer's full configuration for an API request (defaults: the shipped model's)."""
     folders = [source for source in request.data_sources if source != CONFIRMED_SCREENINGS]
     return TrainConfig(

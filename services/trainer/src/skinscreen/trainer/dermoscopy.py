@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -175,12 +176,14 @@ def fit_network(
     device: torch.device,
     desc: str,
     validation: np.ndarray | None = None,
+    on_epoch: Callable[[str, int, int], None] | None = None,
 ) -> FitResult:
     """Train a fresh network on the rows `train` of `images` (uint8 [N, S, S, 3]).
 
     With `validation` rows, the weights of the epoch with the best validation
     ROC AUC are kept (the paper's use of its 20 % validation split);
-    without, those of the last epoch.
+    without, those of the last epoch. `on_epoch(desc, epoch, epochs)` is called after
+    each epoch (the trainer worker's progress and cancellation).
     """
     torch.manual_seed(seed)
     model = DermoscopyNetwork(spec)
@@ -208,6 +211,8 @@ def fit_network(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if on_epoch is not None:
+            on_epoch(desc, epoch, epochs)
         if validation is None:
             continue
         auc = float(roc_auc_score(labels[validation], predict(model, images, validation, device)))

@@ -109,17 +109,6 @@ def select_subset(dataset: LabelledT, max_samples: int | None, seed: int) -> Lab
     return dataset.subset(np.sort(indices))
 
 
-def out_of_fold_probabilities(
-    trainer: Trainer, folds: list[tuple[np.ndarray, np.ndarray]], seed: int
-) -> np.ndarray:
-    """Each row's cancer probability from the model of the fold that held it out."""
-    probabilities = np.zeros(len(trainer.targets), dtype=np.float64)
-    for index, (train, test) in enumerate(folds):
-        model = trainer.fit(train, seed=seed + index, desc=f"fold {index + 1}/{len(folds)}")
-        probabilities[test] = trainer.predict(model, test)
-    return probabilities
-
-
 def score_cross_validation(
     labels: np.ndarray,
     probabilities: np.ndarray,

@@ -125,13 +125,13 @@ def command_submit(args: argparse.Namespace) -> int:
         except (OSError, json.JSONDecodeError) as error:
             raise OperatorError(f"--config {path}: {error}") from None
     try:
-        request = training_runs.TrainingRequest.model_validate(values)
+        request = training_runs.parse_training_request(values)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" for problem in error.errors()
         )
         raise OperatorError(f"--config: invalid training request: {problems}") from None
-    missing = training_runs.data_source_problems(request.data_sources, settings.TRAINING_DATA_DIR)
+    missing = training_runs.data_source_problems(request, settings.TRAINING_DATA_DIR)
     if missing:
         raise OperatorError("; ".join(f"data_sources[{i}]: {msg}" for i, msg in missing))
     celery = make_celery(

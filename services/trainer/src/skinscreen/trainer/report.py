@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import matplotlib
 
@@ -25,9 +25,6 @@ from skinscreen.trainer.validation import (
     RuleTargets,
     pooled_metrics,
 )
-
-if TYPE_CHECKING:
-    from skinscreen.trainer.pipeline import CrossValidation
 
 HEADLINE = ("roc_auc", "recall", "specificity", "balanced_accuracy", "precision")
 # Other rule targets the report shows, each re-chosen inside every fold from the same
@@ -202,28 +199,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_roc(
-    path: Path, cv: CrossValidation, title: str = "ROC, cancer vs not, patient-grouped folds"
-) -> None:
-    curves = [
-        RocCurve(
-            f"fold {index + 1} (AUC {cv.per_fold[index]['roc_auc']:.3f})",
-            cv.labels[test],
-            cv.probabilities[test],
-        )
-        for index, (_, test) in enumerate(cv.folds)
-    ]
-    curves.append(
-        RocCurve(
-            f"pooled out-of-fold (AUC {cv.pooled['roc_auc']:.3f})",
-            cv.labels,
-            cv.probabilities,
-            emphasised=True,
-        )
-    )
-    plot_roc_curves(path, curves, title)
-
-
 @dataclass(frozen=True)
 class RocCurve:
     label: str
@@ -247,60 +222,6 @@ def plot_roc_curves(path: Path, curves: list[RocCurve], title: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-
-
-def plot_confusion(
-    path: Path,
-    matrix: list[list[int]],
-    threshold: float,
-    classes: tuple[str, str] = ("not cancer", "cancer"),
-    title: str = "Out-of-fold",
-) -> None:
-    figure, axes = plt.subplots(figsize=(4.5, 4))
-    values = np.array(matrix)
-    axes.imshow(values, cmap="Blues")
-    for row in range(2):
-        for column in range(2):
-            axes.text(
-                column,
-                row,
-                str(values[row, column]),
-                ha="center",
-                va="center",
-                color="white" if values[row, column] > values.max() / 2 else "black",
-            )
-    axes.set_xticks([0, 1], list(classes))
-    axes.set_yticks([0, 1], list(classes))
-    axes.set(xlabel="predicted", ylabel="diagnosed", title=f"{title}, threshold {threshold:.3f}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_embedding(path: Path, points: np.ndarray, labels: np.ndarray, title: str) -> None:
-    """A 2-D embedding (t-SNE) [N, 2] of photos' features, coloured by cancer or not."""
-    figure, axes = plt.subplots(figsize=(5.5, 5))
-    classes = ("not cancer", "cancer")
-    for label, (name, colour) in enumerate(zip(classes, ("tab:blue", "tab:red"), strict=True)):
-        chosen = labels == label
-        axes.scatter(
-            points[chosen, 0],
-            points[chosen, 1],
-            s=8,
-            alpha=0.7,
-            color=colour,
-            label=f"{name} ({int(chosen.sum())})",
-        )
-    axes.set(title=title, xticks=[], yticks=[])
-    axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def heading_section(title: str, command: str) -> list[str]:
-    """A report's title and the command that produced it, in Markdown."""
-    return [f"# {title}", "", "Produced by:", "", "```sh", command, "```"]
 
 
 def time_section(timings_s: dict[str, float]) -> list[str]:

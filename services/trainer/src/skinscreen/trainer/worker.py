@@ -1,8 +1,9 @@
 """The trainer worker: carries out training runs from the `training` queue, one at a time.
 
-A run is claimed from its row, trained on the sources it names, published to
-the artifact store, registered as a candidate, and made active only if the
-promotion gate lets it. Progress and a heartbeat go to the run's row; a
+A run is claimed from its row, trained on the sources it names with the recipe
+of the model it names (`skinscreen.trainer.recipes`), published to the artifact
+store, registered as a candidate, and made active only if the promotion gate
+lets it. Progress and a heartbeat go to the run's row; a
 cancelled run stops at its next epoch. Start: `python -m skinscreen.trainer.worker`.
 """
 
@@ -26,13 +27,11 @@ from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import TRAINING_QUEUE, TRAINING_TASK_NAME, make_celery
-from skinscreen.runtime.training_runs import TrainingRequest, TrainingTask
+from skinscreen.runtime.training_runs import TrainingRequest, TrainingTask, parse_training_request
 
 from . import metrics
-from .config import train_config
-from .pipeline import run_training
+from .recipes import get_recipe
 from .settings import get_settings
-from .sources import load_sources
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ def carry_out(run_id: UUID) -> str:
                 logger.info("run %s is not queued (cancelled, or taken); skipped", run_id)
                 return "skipped"
             try:
-                return _train(runner, pool, recorder, TrainingRequest.model_validate(config))
+                return _train(runner, pool, recorder, parse_training_request(config))
             except RunCancelledError:
                 recorder.finish("cancelled", progress={"stage": "cancelled"})
                 logger.info("run %s cancelled", run_id)
@@ -178,15 +177,19 @@ def _train(
     recorder: RunRecorder,
     request: TrainingRequest,
 ) -> str:
-    dataset = runner.run(
-        load_sources(
-            request.data_sources, settings.TRAINING_DATA_DIR, pool, BlobStore(settings.BLOB_DIR)
-        )
+    recipe = get_recipe(request.model_name)
+    data = runner.run(
+        recipe.load_data(request, settings.TRAINING_DATA_DIR, pool, BlobStore(settings.BLOB_DIR))
     )
-    config = train_config(request, settings.TRAINING_DATA_DIR)
-    recorder.progress("caching and cross-validating", folds=config.folds)
-    result = run_training(
-        config, settings.RUNS_DIR, None, dataset=dataset, on_epoch=recorder.on_epoch
+    config = recipe.config_from_request(request, settings.TRAINING_DATA_DIR)
+    # Published below, into the artifact store, which may be a bucket: not by the recipe.
+    result = recipe.train(
+        config,
+        settings.RUNS_DIR,
+        None,
+        data=data,
+        on_epoch=recorder.on_epoch,
+        progress=recorder.progress,
     )
     recorder.progress("publishing")
     card = result.card

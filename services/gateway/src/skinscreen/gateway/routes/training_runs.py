@@ -6,11 +6,13 @@ import logging
 from typing import Annotated, Any, Final
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from skinscreen.runtime import training_runs
-from skinscreen.runtime.training_runs import TrainingRequest
+from skinscreen.runtime.training_runs import REQUESTS, TrainingRequest, parse_training_request
 
 from ..deps import ServicesDep
 from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
@@ -39,35 +41,64 @@ def _run(row: dict[str, Any]) -> TrainingRun:
     return TrainingRun(**row, links=_links(row["id"]))
 
 
+def _training_request(body: dict[str, Any]) -> TrainingRequest:
+    """The request of the model the body names, checked as a body model is: each problem is
+    located at its field (["body", "epochs"]), not under the name of the model's request."""
+    try:
+        return parse_training_request(body)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**problem, "loc": ("body", *problem["loc"])}
+                for problem in error.errors(include_url=False)
+            ],
+            body=body,
+        ) from None
+
+
+# The body is validated by the request of the model it names, so it is documented as one of them.
+_REQUEST_BODY: Final = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [model.model_json_schema() for model in REQUESTS.values()]}
+            }
+        },
+    }
+}
+
+
 @router.post(
     "",
     status_code=202,
     dependencies=OPERATOR_ONLY,
     response_model=TrainingRunAccepted,
-    summary="Start a training run on the trainer's queue",
+    summary="Start a training run on the trainer's queue, with the recipe of the model it names",
+    openapi_extra=_REQUEST_BODY,
     responses={
         202: {"description": "Queued; the Location header says where to follow it."},
         422: {
             "model": ValidationProblem,
-            "description": "One entry per bad field (e.g. an unknown backbone, lambda outside "
-            "(0, 1), zero epochs, a data source that does not exist); nothing is queued.",
+            "description": "One entry per bad field (e.g. a model without a recipe, an unknown "
+            "backbone, lambda outside (0, 1), zero epochs, a data source that does not exist or "
+            "is not in the layout the model's recipe reads); nothing is queued.",
         },
         503: {"model": Problem, "description": "The training queue could not take the run."},
         **OPERATOR_ERRORS,
     },
 )
 async def create_training_run(
-    request: TrainingRequest,
+    body: Annotated[dict[str, Any], Body(description="The fields of the model's request.")],
     response: Response,
     services: ServicesDep,
     requested_by: Annotated[
         str, Query(min_length=1, max_length=100, description="Who asks; kept with the run.")
     ] = "api",
 ) -> TrainingRunAccepted:
+    request = _training_request(body)
     data_dir = services.settings.TRAINING_DATA_DIR
-    problems = await run_in_threadpool(
-        training_runs.data_source_problems, request.data_sources, data_dir
-    )
+    problems = await run_in_threadpool(training_runs.data_source_problems, request, data_dir)
     if problems:
         raise HTTPException(
             422,

@@ -1,0 +1,1 @@
+"""The papers' experiments, apart from production: no service installs this package."""
