@@ -10,16 +10,20 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install run bench train test lint format k8s-check
 
-SERVICE_PROJECTS := libs/core/pyproject.toml libs/runtime/pyproject.toml \
+# uv installs the workspace's lock (uv.lock) into $(VENV): every service, library and tool at
+# the exact versions locked. uv itself is pinned here and in pyproject.toml (required-version).
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+WORKSPACE := pyproject.toml uv.lock libs/core/pyproject.toml libs/runtime/pyproject.toml \
 	services/trainer/pyproject.toml services/gateway/pyproject.toml \
-	services/inference/pyproject.toml
+	services/inference/pyproject.toml dev/pyproject.toml research/pyproject.toml
 
-$(INSTALLED): $(SERVICE_PROJECTS) requirements-dev.txt
+$(INSTALLED): $(WORKSPACE)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "skinscreen needs Python 3.11 or newer"'
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -e libs/core -e 'libs/runtime[embedded]' -e services/trainer \
-		-e services/gateway -e 'services/inference[bench]' -r requirements-dev.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv --without-pip $(VENV)
+	$(UV) --version 2>/dev/null | grep -q '^uv $(UV_VERSION)\b' \
+		|| $(PYTHON) -m pip --python $(PY) install --quiet uv==$(UV_VERSION)
+	UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) $(UV) sync --frozen
 	touch $@
 
 install: $(INSTALLED)
@@ -75,7 +79,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/core/src libs/runtime/src services/trainer/src services/gateway/src \
-		services/inference/src research/src tests
+		services/inference/src dev/src research/src tests
 
 K8S_VENV ?= .venv-k8s
 K8S_INSTALLED := $(K8S_VENV)/.installed

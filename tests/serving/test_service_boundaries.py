@@ -1,7 +1,10 @@
 """Each service installs and imports only what it needs (DESIGN.md, Layout).
 
 The gateway never loads torch or onnxruntime; the inference worker never loads
-torch or fastapi; neither loads the other; what they share loads none of these.
+torch or fastapi; neither loads the other; what they share loads none of these;
+no service loads the development tooling (skinscreen.dev) or the papers'
+experiments (skinscreen.research), nor declares them. tests/deploy/k8s/test_images.py
+checks the same of what each image installs from uv.lock.
 """
 
 from __future__ import annotations
@@ -15,16 +18,26 @@ from importlib import metadata
 
 import pytest
 
+# Neither a service nor what the services share may load or require these.
+TOOLING = ("skinscreen.dev", "skinscreen.research")
+
 # Distribution -> (its import package, modules it must never load).
 BOUNDARIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "skinscreen-runtime": (
         "skinscreen.runtime",
-        ("torch", "onnxruntime", "fastapi", "skinscreen.gateway", "skinscreen.inference"),
+        ("torch", "onnxruntime", "fastapi", "skinscreen.gateway", "skinscreen.inference", *TOOLING),
     ),
-    "skinscreen-gateway": ("skinscreen.gateway", ("torch", "onnxruntime", "skinscreen.inference")),
+    "skinscreen-gateway": (
+        "skinscreen.gateway",
+        ("torch", "onnxruntime", "skinscreen.inference", *TOOLING),
+    ),
     "skinscreen-inference": (
         "skinscreen.inference",
-        ("torch", "fastapi", "uvicorn", "skinscreen.gateway"),
+        ("torch", "fastapi", "uvicorn", "skinscreen.gateway", *TOOLING),
+    ),
+    "skinscreen-trainer": (
+        "skinscreen.trainer",
+        ("fastapi", "uvicorn", "skinscreen.gateway", "skinscreen.inference", *TOOLING),
     ),
 }
 
@@ -64,7 +77,7 @@ def test_importing_every_module_loads_nothing_forbidden(distribution: str) -> No
 @pytest.mark.parametrize("distribution", list(BOUNDARIES))
 def test_no_forbidden_dependency_is_declared(distribution: str) -> None:
     _, forbidden = BOUNDARIES[distribution]
-    # Extras included: `pip install skinscreen-inference[bench]` must not pull them in either.
+    # Extras included: `pip install skinscreen-runtime[s3]` must not pull them in either.
     required = {
         re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
         for requirement in metadata.requires(distribution) or []

