@@ -2,7 +2,8 @@
 
 The runs are small (40 photos at 64 px, a couple of epochs) but real: PAD-UFES-20
 photos plus screenings with a confirmed diagnosis, trained, exported,
-published, registered and gated.
+published, registered and gated; and the image-only model, retrained on HAM10000
+images by its own recipe through the same API, worker and gate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from skinscreen.core.card import MODEL_FILE, read_card
+from skinscreen.core.card import MODEL_FILE
 from skinscreen.runtime import registry
 from skinscreen.runtime.commands import TRAINER_COMMAND
 from skinscreen.runtime.queue import TRAINING_QUEUE
@@ -29,10 +30,12 @@ from tests.serving.conftest import (
     Process,
     _log_mentions,
     _wait_until,
+    served_model,
     submit,
     wait_until_served,
 )
 from tests.serving.variants import run
+from tests.test_training_cli import run_light_probe
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(600)]
@@ -46,6 +49,18 @@ SMALL_RUN: dict[str, Any] = {
     "folds": 2,
     "max_samples": 40,
     "data_sources": ["pad-ufes-20", "confirmed-screenings"],
+}
+IMAGE_ONLY = "skinscreen-dermoscopy"
+# The image-only model's recipe, as small: 100 HAM10000 images at 64 px, 2 epochs on the
+# split, 2 lesion-grouped folds of 1 epoch (seconds on 2 cores).
+SMALL_IMAGE_ONLY_RUN: dict[str, Any] = {
+    "model_name": IMAGE_ONLY,
+    "image_size": 64,
+    "epochs": 2,
+    "cv_epochs": 1,
+    "folds": 2,
+    "max_samples": 100,
+    "data_sources": ["ham10000"],
 }
 
 
@@ -97,12 +112,14 @@ def trainer_scrape(trainer: Process) -> Scrape:
     return Scrape(f"http://127.0.0.1:{trainer.env['METRICS_PORT']}/metrics")
 
 
-def arrange_active(lifecycle: Lifecycle, version: str, recall: float, balanced: float) -> None:
-    """Make the active version one whose card's cross-validated recall and balanced accuracy
-    are the given ones: the shipped model under another version, its card's figures set.
-    The gate reads them from the registry; promoted through the API, so it is announced."""
-    source = Path(lifecycle.store.base) / MODEL_NAME / lifecycle.shipped_version
-    card = read_card(source)
+def arrange_active(
+    lifecycle: Lifecycle, version: str, recall: float, balanced: float, name: str = MODEL_NAME
+) -> None:
+    """Make `name`'s active version one whose card's cross-validated recall and balanced
+    accuracy are the given ones: its active model under another version, its card's figures
+    set. The gate reads them from the registry; promoted through the API, so it is announced."""
+    model_path, card = served_model(lifecycle.database, name)
+    source = model_path.parent
     figures = {"recall": recall, "balanced_accuracy": balanced}
     cross_validation = {
         metric: card.cross_validation[metric].model_copy(update={"mean": mean})
@@ -112,7 +129,7 @@ def arrange_active(lifecycle: Lifecycle, version: str, recall: float, balanced: 
     uri = lifecycle.store.publish(source / MODEL_FILE, arranged)
     run(lifecycle, lambda pool: registry.register(pool, arranged, uri))
     promoted = httpx.post(
-        f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/{version}/promote",
+        f"{lifecycle.url}/v1/models/{name}/versions/{version}/promote",
         json={"reason": "the gate's reference", "requested_by": "test"},
     )
     assert promoted.status_code == 200, promoted.text
@@ -131,10 +148,14 @@ def confirm_diagnoses(client: httpx.Client, photos: list[Photo]) -> None:
 
 
 def train(
-    lifecycle: Lifecycle, client: httpx.Client, trainer: Process
+    lifecycle: Lifecycle,
+    client: httpx.Client,
+    trainer: Process,
+    request: dict[str, Any] = SMALL_RUN,
 ) -> tuple[dict[str, Any], str]:
-    """One SMALL_RUN through the API to its end; the run and the card's data description."""
-    accepted = client.post("/v1/training-runs", json=SMALL_RUN, params={"requested_by": "test"})
+    """One small run (SMALL_RUN unless told) through the API to its end; the run and the
+    card's data description."""
+    accepted = client.post("/v1/training-runs", json=request, params={"requested_by": "test"})
     assert accepted.status_code == 202, accepted.text
     run_ = wait_for_run(client, accepted.headers["Location"], {"succeeded", "failed"}, 540)
     assert run_["status"] == "succeeded", (
@@ -145,7 +166,9 @@ def train(
     assert run_["progress"] == {"stage": "done"}
     assert set(run_["metrics"]) >= {"recall", "balanced_accuracy", "roc_auc"}
     card = lifecycle.database.value(
-        "SELECT card FROM model_versions WHERE version = $1", run_["candidate_version"]
+        "SELECT card FROM model_versions WHERE name = $1 AND version = $2",
+        run_["model_name"],
+        run_["candidate_version"],
     )
     return run_, card
 
@@ -419,3 +442,47 @@ def test_runs_left_running_by_a_dead_worker_fail_when_a_trainer_starts(
         lifecycle.database.fetch(
             "DELETE FROM training_runs WHERE id = ANY($1::uuid[])", [stale, fresh]
         )
+
+
+def test_both_served_models_are_retrained_through_the_api_and_promoted(
+    lifecycle: Lifecycle, client: httpx.Client, trainer: Process
+) -> None:
+    """Each served model, named in the request, is trained by its own recipe in the worker,
+    evaluated, published, registered and passed by the gate: the fusion model on PAD-UFES-20,
+    the image-only model on HAM10000 (a card that takes the photo alone)."""
+    fusion_request = {**SMALL_RUN, "repeats": 1, "data_sources": ["pad-ufes-20"]}
+    for name, request, version in (
+        (MODEL_NAME, fusion_request, "20000101.000030"),
+        (IMAGE_ONLY, SMALL_IMAGE_ONLY_RUN, "20000101.000031"),
+    ):
+        arrange_active(lifecycle, version, recall=0.0, balanced=0.0, name=name)
+        run_, card_json = train(lifecycle, client, trainer, request)
+        card = json.loads(card_json) if isinstance(card_json, str) else card_json
+        assert run_["model_name"] == card["name"] == name
+        assert run_["promoted"] is True, run_["promotion_reason"]
+        assert run_["promotion_reason"].startswith(f"not worse than version {version} beyond")
+        candidate = run_["candidate_version"]
+        registered = client.get(f"/v1/models/{name}/versions/{candidate}").json()
+        assert (registered["status"], registered["training_run_id"]) == ("active", run_["id"])
+        history = client.get(f"/v1/models/{name}/activations").json()["items"]
+        assert (history[-1]["version"], history[-1]["previous_version"]) == (candidate, version)
+        # The run's metrics are its card's cross-validated figures, which the gate compared.
+        assert set(run_["metrics"]) >= {"recall", "balanced_accuracy", "roc_auc"}
+        assert run_["metrics"]["recall"]["mean"] == card["cross_validation"]["recall"]["mean"]
+        if name == IMAGE_ONLY:
+            assert card["inputs"] == ["image"]
+            assert card["input_size"] == 64
+            assert card["backbone"] == "dermoscopy-cnn-3-blocks"
+            assert card["data_description"].startswith("HAM10000 at ")
+        else:
+            assert card["inputs"] == ["image", "clinical"]
+
+
+def test_the_registry_is_listed_without_loading_torch(lifecycle: Lifecycle) -> None:
+    """`skinscreen-trainer models list` against the stack's real registry: both served models'
+    shipped versions, and neither torch nor ONNX Runtime loaded."""
+    result = run_light_probe(["models", "list"], env=lifecycle.env)
+    assert result["code"] == 0, result
+    assert result["loaded"] == []
+    for name in (MODEL_NAME, IMAGE_ONLY):
+        assert f"{name} " in result["stdout"], result["stdout"]
