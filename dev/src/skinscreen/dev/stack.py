@@ -35,7 +35,7 @@ from skinscreen.runtime.queue import DEFAULT_MODEL_NAME
 
 from .embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
-# The packages the stack runs, and where each is installed from.
+# The packages the stack runs, and the workspace members that hold them.
 SERVICES: Final = {
     "skinscreen.gateway": "services/gateway",
     "skinscreen.inference": "services/inference",
@@ -49,8 +49,7 @@ def check_services_installed() -> None:
         raise RuntimeError(
             "the stack runs the gateway and the inference worker; not installed: "
             + ", ".join(missing)
-            + "; install with: pip install "
-            + " ".join(f"-e {folder}" for folder in missing)
+            + "; install the workspace's lock with: make install"
         )
 
 
