@@ -8,15 +8,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
 
-from skinscreen.core.card import latest_version, verified_model
-from skinscreen.core.ham10000 import load_ham10000
+from skinscreen.core.card import latest_version
 from skinscreen.research.cli import main
-from skinscreen.trainer.dermoscopy import load_checkpoint
-from skinscreen.trainer.training import load_images
 from tests.conftest import REPO, missing_data_arguments
 
 
@@ -91,35 +86,14 @@ def test_dermoscopy_command_reports_every_experiment(small_run: dict[str, Path])
     assert "## Cross-validation of the 3-block network (2 folds" in markdown
 
 
-@pytest.mark.data
-@pytest.mark.slow
-def test_published_dermoscopy_model_takes_the_image_alone(
-    small_run: dict[str, Path], ham10000_dir: Path
-) -> None:
-    model_path, card = verified_model(small_run["published"])
-    assert card.inputs == ("image",)
-    assert (card.input_size, card.use_clinical, card.clinical_share) == (150, False, None)
-    assert card.folds == 2
-    assert {"roc_auc", "recall", "specificity"} <= set(card.cross_validation)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["image"]
-    # Real images through the shared preprocessing agree with the run's PyTorch checkpoint.
-    images = load_images(load_ham10000(ham10000_dir).subset(range(5)), 150).numpy()
-    network, extra = load_checkpoint(small_run["run"] / "checkpoint.pt")
-    assert extra["threshold"] == card.decision_threshold.value
-    with torch.inference_mode():
-        reference = network(torch.from_numpy(images)).numpy()
-    np.testing.assert_allclose(session.run(None, {"image": images})[0], reference, atol=1e-4)
-
-
+# The served network's own options are checked through `skinscreen-trainer train` too
+# (tests/test_dermoscopy.py); these are checked as the research command reads them.
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["--data", "{missing}"], "does not exist; pass the HAM10000 folder"),
-        (["--epochs", "0"], "--epochs: Input should be greater than or equal to 1"),
-        (["--image-size", "20"], "--image-size: Input should be greater than or equal to 32"),
-        (["--max-samples", "10"], "--max-samples: Input should be greater than or equal to 50"),
         (["--name", "Bad Name"], "--name: String should match pattern"),
+        (["--lite0-epochs", "0"], "--lite0-epochs: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_dermoscopy_input_is_refused_and_creates_nothing(

@@ -24,6 +24,7 @@ from skinscreen.research.fusion_experiments import (
 )
 from skinscreen.trainer.cli_options import (
     add_config_options,
+    add_run_options,
     command_line,
     model_from_args,
     run_command,
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_options(experiments, TrainConfig, exclude=FIXED_BY_EXPERIMENTS)
     add_config_options(experiments, FusionExperimentsConfig)
-    experiments.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    add_run_options(experiments, publishes=False)
     experiments.set_defaults(handler=command_experiments)
 
     dermoscopy = commands.add_parser(
@@ -126,11 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cross-validation); exports and publishes it as an image-only model",
     )
     add_config_options(dermoscopy, DermoscopyConfig)
-    dermoscopy.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    dermoscopy.add_argument(
-        "--store", default="var/models", help="model store to publish into (default var/models)"
-    )
-    dermoscopy.add_argument("--no-publish", action="store_true", help="do not publish the model")
+    add_run_options(dermoscopy)
     dermoscopy.set_defaults(handler=command_dermoscopy)
 
     lite0 = commands.add_parser(
@@ -150,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a published skinscreen-dermoscopy version folder (card.json and model.onnx), "
         "e.g. models/skinscreen-dermoscopy/20261122.083414",
     )
-    lite0.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    add_run_options(lite0, publishes=False)
     lite0.set_defaults(handler=command_dermoscopy_lite0)
 
     model_selection.add_command(commands)

@@ -39,15 +39,14 @@ from skinscreen.trainer.dermoscopy_training import (
     cross_validate,
     export_served_network,
     fit_on_split,
-    lesion_split,
-    load_data,
     scores,
     screening_threshold,
+    start_run,
 )
 from skinscreen.trainer.evaluation import Threshold
-from skinscreen.trainer.pipeline import CrossValidation, new_run_dir
+from skinscreen.trainer.pipeline import CrossValidation
 from skinscreen.trainer.report import RocCurve, plot_roc_curves, time_section
-from skinscreen.trainer.training import Trainer, load_images, resolve_device
+from skinscreen.trainer.training import Trainer, load_images
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +139,15 @@ def run_dermoscopy(
 
     The folder is made once the data has loaded, so a wrong data folder leaves nothing.
     """
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    dataset = load_data(config)
-    run_dir = new_run_dir(runs, f"dermoscopy-{config.image_size}")
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    run = start_run(config, runs)
+    dataset, run_dir, split, timings = run.dataset, run.run_dir, run.split, run.timings
     labels = dataset.labels
-    images = load_images(dataset, config.image_size)
-    timings["load_images_s"] = time.perf_counter() - started
-    split = lesion_split(labels, dataset.groups, config.seed)
-    device = resolve_device(config.device)
 
     models: list[SplitModel] = []
     published_fit: SplitFit | None = None
     for blocks in SWEEP_BLOCKS:
-        fit = fit_on_split(config, images, labels, split, blocks, device)
+        fit = fit_on_split(config, run, blocks)
         models.append(
             SplitModel(
                 f"{blocks} block{'s' if blocks > 1 else ''}",
@@ -174,11 +167,11 @@ def run_dermoscopy(
         timings["split_lite0_s"] = models[-1].seconds
 
     mark = time.perf_counter()
-    cv = cross_validate(config, images, labels, dataset.groups, device)
+    cv = cross_validate(config, run)
     timings["cross_validation_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    exported = export_served_network(config, run_dir, dataset, images, split, published_fit, cv)
+    exported = export_served_network(config, run, published_fit, cv)
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 

@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from skinscreen.runtime.training_runs import FUSION_MODEL_NAME, REQUESTS
-from skinscreen.trainer.cli_options import add_config_options, model_from_args, run_command
+from skinscreen.trainer.cli_options import (
+    add_config_options,
+    add_run_options,
+    model_from_args,
+    run_command,
+)
 from skinscreen.trainer.registry_cli import add_registry_commands
 
 PROGRAM = "skinscreen-trainer"
@@ -38,11 +43,7 @@ def train_parser(model: str, config_type: type) -> argparse.ArgumentParser:
         "`train --model NAME --help` lists that recipe's options)",
     )
     add_config_options(parser, config_type)
-    parser.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
-    parser.add_argument(
-        "--store", default="var/models", help="model store to publish into (default var/models)"
-    )
-    parser.add_argument("--no-publish", action="store_true", help="do not publish the model")
+    add_run_options(parser)
     return parser
 
 

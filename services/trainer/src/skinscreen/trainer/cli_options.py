@@ -55,6 +55,16 @@ def add_config_options(
         )
 
 
+def add_run_options(parser: argparse.ArgumentParser, publishes: bool = True) -> None:
+    """Where a run goes: --runs, and for a run that publishes a model, --store and --no-publish."""
+    parser.add_argument("--runs", default="runs", help="folder for run folders (default runs)")
+    if publishes:
+        parser.add_argument(
+            "--store", default="var/models", help="model store to publish into (default var/models)"
+        )
+        parser.add_argument("--no-publish", action="store_true", help="do not publish the model")
+
+
 def _is_list(info: FieldInfo) -> bool:
     return typing.get_origin(info.annotation) is tuple
 

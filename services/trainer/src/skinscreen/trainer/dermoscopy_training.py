@@ -107,6 +107,46 @@ def lesion_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> Split:
     return Split(train, validation, test)
 
 
+def load_data(config: DermoscopyTrainConfig) -> DermoscopyDataset:
+    """HAM10000 at `config.data`, the subset `config` asks for; logs what it holds."""
+    dataset = select_subset(load_ham10000(config.data), config.max_samples, config.seed)
+    log.info(
+        "HAM10000: %d images, %d rows skipped (image missing); %s",
+        len(dataset),
+        dataset.skipped_missing_image,
+        dict(sorted(dataset.diagnoses.items())),
+    )
+    return dataset
+
+
+@dataclass
+class StartedRun:
+    """A dermoscopy run's folder (config.json written), its images, split and device."""
+
+    dataset: DermoscopyDataset
+    run_dir: Path
+    images: torch.Tensor
+    split: Split
+    device: torch.device
+    timings: dict[str, float]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+
+def start_run(config: DermoscopyTrainConfig, runs: Path) -> StartedRun:
+    """Load the data, then make the run folder: a wrong data folder leaves nothing."""
+    started = time.perf_counter()
+    dataset = load_data(config)
+    run_dir = new_run_dir(runs, f"dermoscopy-{config.image_size}")
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    images = load_images(dataset, config.image_size)
+    timings = {"load_images_s": time.perf_counter() - started}
+    split = lesion_split(dataset.labels, dataset.groups, config.seed)
+    return StartedRun(dataset, run_dir, images, split, resolve_device(config.device), timings)
+
+
 @dataclass
 class SplitFit:
     """A network fitted on the split's training part, and its predictions on the other two."""
@@ -118,20 +158,15 @@ class SplitFit:
 
 
 def fit_on_split(
-    config: DermoscopyTrainConfig,
-    images: torch.Tensor,
-    labels: np.ndarray,
-    split: Split,
-    blocks: int,
-    device: torch.device,
-    on_epoch: OnEpoch | None = None,
+    config: DermoscopyTrainConfig, run: StartedRun, blocks: int, on_epoch: OnEpoch | None = None
 ) -> SplitFit:
     """A `blocks`-block network on the training part, the best validation epoch kept."""
     mark = time.perf_counter()
+    images, split, device = run.images, run.split, run.device
     fit = fit_network(
         NetworkSpec(blocks=blocks, image_size=config.image_size),
         images,
-        labels,
+        run.labels,
         split.train,
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -151,15 +186,11 @@ def fit_on_split(
 
 
 def cross_validate(
-    config: DermoscopyTrainConfig,
-    images: torch.Tensor,
-    labels: np.ndarray,
-    groups: np.ndarray,
-    device: torch.device,
-    on_epoch: OnEpoch | None = None,
+    config: DermoscopyTrainConfig, run: StartedRun, on_epoch: OnEpoch | None = None
 ) -> CrossValidation:
     """The 3-block network in k folds grouped by lesion, each scored at the others' threshold."""
-    folds = patient_folds(labels, groups, config.folds, config.seed)
+    images, labels, device = run.images, run.labels, run.device
+    folds = patient_folds(labels, run.dataset.groups, config.folds, config.seed)
     probabilities = np.zeros(len(labels), dtype=np.float64)
     for index, (train, test) in enumerate(folds):
         fit = fit_network(
@@ -203,18 +234,13 @@ class Exported:
 
 
 def export_served_network(
-    config: DermoscopyTrainConfig,
-    run_dir: Path,
-    dataset: DermoscopyDataset,
-    images: torch.Tensor,
-    split: Split,
-    network: SplitFit,
-    cv: CrossValidation,
+    config: DermoscopyTrainConfig, run: StartedRun, network: SplitFit, cv: CrossValidation
 ) -> Exported:
     """Export the network with the photo as its only input, its checkpoint and its card.
 
     `config` is written into the card as its training configuration (a research run's
     whole configuration, when one made the network)."""
+    dataset, images, split, run_dir = run.dataset, run.images, run.split, run.run_dir
     threshold = screening_threshold(config, dataset.labels, split, network.validation)
     model_path = run_dir / "model.onnx"
     rows = split.test[parity_rows(len(split.test))]
@@ -273,18 +299,6 @@ def build_card(
     )
 
 
-def load_data(config: DermoscopyTrainConfig) -> DermoscopyDataset:
-    """HAM10000 at `config.data`, the subset `config` asks for; logs what it holds."""
-    dataset = select_subset(load_ham10000(config.data), config.max_samples, config.seed)
-    log.info(
-        "HAM10000: %d images, %d rows skipped (image missing); %s",
-        len(dataset),
-        dataset.skipped_missing_image,
-        dict(sorted(dataset.diagnoses.items())),
-    )
-    return dataset
-
-
 @dataclass
 class DermoscopyRun:
     run_dir: Path
@@ -307,28 +321,21 @@ def run_dermoscopy_training(
 
     The folder is made once the data has loaded, so a wrong data folder leaves nothing.
     """
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    dataset = load_data(config)
-    run_dir = new_run_dir(runs, f"dermoscopy-{config.image_size}")
-    (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
-    labels = dataset.labels
-    images = load_images(dataset, config.image_size)
-    timings["load_images_s"] = time.perf_counter() - started
-    split = lesion_split(labels, dataset.groups, config.seed)
-    device = resolve_device(config.device)
+    run = start_run(config, runs)
+    timings, split = run.timings, run.split
 
-    network = fit_on_split(config, images, labels, split, PUBLISHED_BLOCKS, device, on_epoch)
+    network = fit_on_split(config, run, PUBLISHED_BLOCKS, on_epoch)
     timings["split_s"] = network.seconds
     mark = time.perf_counter()
-    cv = cross_validate(config, images, labels, dataset.groups, device, on_epoch)
+    cv = cross_validate(config, run, on_epoch)
     timings["cross_validation_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    exported = export_served_network(config, run_dir, dataset, images, split, network, cv)
+    exported = export_served_network(config, run, network, cv)
     timings["export_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
 
-    test_labels = labels[split.test]
+    test_labels = run.labels[split.test]
     test = {
         "at_0.5": scores(test_labels, network.test, PAPER_THRESHOLD),
         "at_screening_threshold": scores(test_labels, network.test, exported.threshold.value),
@@ -345,8 +352,8 @@ def run_dermoscopy_training(
         "onnx_parity_max_abs_difference": exported.parity,
         "timings_s": timings,
     }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run.run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     published = publish(store, exported.model_path, exported.card) if store is not None else None
     if published is not None:
         log.info("published %s %s at %s", exported.card.name, exported.card.version, published)
-    return DermoscopyRun(run_dir, exported.card, published, test, timings)
+    return DermoscopyRun(run.run_dir, exported.card, published, test, timings)
