@@ -43,6 +43,9 @@ from tests.waiting import wait_until
 MODEL_NAME = "skinscreen-fusion"
 # Short, so the fault test sees a killed worker's tasks come back within seconds.
 VISIBILITY_TIMEOUT_S = 6
+# Short, so a screening whose task was lost is queued again within seconds; longer than a
+# batch takes on a slow machine, so the reconciler sees only screenings that are stuck.
+RECONCILE_AFTER_S = 15
 
 
 @dataclass
@@ -275,6 +278,8 @@ def stack_env(
         "MAX_WAIT_MS": "20",
         "RETRY_BACKOFF_S": "0.2",
         "CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+        "RECONCILE_AFTER_S": str(RECONCILE_AFTER_S),
+        "RECONCILE_INTERVAL_S": "1",
         "INTRA_OP_THREADS": "2",
     }
     subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)

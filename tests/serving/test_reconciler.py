@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -62,7 +63,7 @@ def sweep_database(servers) -> Iterator[str]:
             await connection.close()
 
     asyncio.run(admin(f"CREATE DATABASE {name}"))
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
     asyncio.run(apply_migrations(url))
     yield url
     asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
@@ -292,9 +293,9 @@ def test_the_worker_queues_again_a_screening_whose_task_was_lost(
         screening_id = accepted.json()["id"]
         assert idle_redis.delete(QUEUE) == 1
 
-        def finished() -> dict[str, Any] | None:
-            body = client.get(f"/v1/screenings/{screening_id}").json()
-            return body if body["status"] in ("done", "failed") else None
+        def finished() -> dict[str, Any]:
+            body: dict[str, Any] = client.get(f"/v1/screenings/{screening_id}").json()
+            return body if body["status"] in ("done", "failed") else {}
 
         body = wait_until(finished, "the lost screening is scored", RECONCILE_AFTER_S + 90)
     assert body["status"] == "done", body

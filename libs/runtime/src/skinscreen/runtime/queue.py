@@ -8,17 +8,20 @@ describes; tests/serving/test_queue_contract.py pins that they agree.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 from uuid import UUID
 
 from celery import Celery
 from kombu import Queue
-from kombu.transport.redis import Channel as RedisChannel
+from kombu.transport import redis as kombu_redis
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis as AsyncRedis
 
 from skinscreen.core.clinical import ClinicalInput
+
+logger = logging.getLogger(__name__)
 
 TASK_NAME: Final = "skinscreen.screen"
 # The model a screening goes to when it names none, and whose queue is plain `screenings`.
@@ -53,6 +56,60 @@ class ScreeningTask(BaseModel):
     model_name: str = DEFAULT_MODEL_NAME
 
 
+class _RedisQoS(kombu_redis.QoS):
+    """kombu's, except on a channel whose broker connection is gone: nothing to write then.
+
+    When Redis goes down, Celery's consumer closes the channel and kombu tries to
+    push its unacknowledged messages back to their queue; tasks still running in
+    worker threads then acknowledge on that closed channel. Both need the broker
+    and fail with an AttributeError (kombu's connection is gone), not a connection
+    error, so Celery's consumer stops the worker for good. Neither write is
+    needed: the messages wait in Redis' unacked hash and come back after the
+    visibility timeout, where a redelivered screening already done is only
+    acknowledged (every result write is conditional); the reconciler covers a
+    Redis that lost them.
+    """
+
+    def _broker_gone(self) -> bool:
+        transport = self.channel.connection
+        return transport is None or transport.client is None
+
+    def restore_unacked(self, client: Any = None) -> None:
+        if self._broker_gone():
+            logger.warning(
+                "broker connection lost: %d unacknowledged task(s) come back after the "
+                "visibility timeout",
+                len(self._delivered or ()),
+            )
+            return
+        super().restore_unacked(client)
+
+    def ack(self, delivery_tag: str) -> None:
+        if self._broker_gone():
+            logger.warning(
+                "broker connection lost: task %s finished, its message comes back after the "
+                "visibility timeout and is then only acknowledged",
+                delivery_tag,
+            )
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._broker_gone():
+            return  # as for ack: the message comes back after the visibility timeout
+        super().reject(delivery_tag, requeue)
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with `_RedisQoS`: a worker outlives a Redis restart."""
+
+    Channel = _RedisChannel
+
+
 class CeleryConfig:
     """Celery settings, all under the CELERY_ namespace (`config_from_object(namespace=...)`)."""
 
@@ -60,6 +117,7 @@ class CeleryConfig:
         self, redis_url: str, visibility_timeout_s: int, models: Sequence[str] = ()
     ) -> None:
         self.CELERY_BROKER_URL = redis_url
+        self.CELERY_BROKER_TRANSPORT = f"{__name__}:RedisTransport"
         self.CELERY_RESULT_BACKEND = redis_url
         # Results live in PostgreSQL; Redis holds only what can be lost.
         self.CELERY_TASK_IGNORE_RESULT = True
@@ -110,12 +168,13 @@ async def live_task_ids(broker: AsyncRedis, queues: Iterable[str]) -> set[str]:
     hash of delivered messages (each `[message, exchange, routing_key]`).
     """
     keys = [
-        queue if priority == 0 else f"{queue}{RedisChannel.sep}{priority}"
+        queue if priority == 0 else f"{queue}{kombu_redis.Channel.sep}{priority}"
         for queue in queues
-        for priority in RedisChannel.priority_steps
+        for priority in kombu_redis.Channel.priority_steps
     ]
     messages = [json.loads(raw) for key in keys for raw in await broker.lrange(key, 0, -1)]
-    messages += [json.loads(held)[0] for held in await broker.hvals(RedisChannel.unacked_key)]
+    unacked = await broker.hvals(kombu_redis.Channel.unacked_key)
+    messages += [json.loads(held)[0] for held in unacked]
     return {str(message["headers"]["id"]) for message in messages}
 
 

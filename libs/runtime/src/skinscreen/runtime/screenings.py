@@ -2,7 +2,8 @@
 
 The gateway creates, reads and lists screenings and records diagnoses; the
 inference worker claims screenings, records a batch's results and marks
-failures; the gateway's queue metrics read how long a queued screening has
+failures, and its reconciler finds screenings left idle and queues them
+again; the gateway's queue metrics read how long a queued screening has
 waited; the trainer reads the confirmed diagnoses it learns from. All of them
 do it through here.
 
@@ -288,6 +289,38 @@ async def record_batch(
 async def fail(pool: Connection, screening_id: UUID, reason: str) -> bool:
     """Mark a screening failed with `reason`, unless it already finished."""
     return bool(await pool.fetchval(FAIL, screening_id, reason))
+
+
+# --- The reconciler: unfinished screenings left idle -----------------------------------------
+
+
+STALE: Final = """
+SELECT id, model_name, image_key, clinical, requeues,
+       extract(epoch FROM now() - created_at)::float8 AS age_s
+FROM screenings
+WHERE status IN ('queued', 'running') AND updated_at < now() - make_interval(secs => $1)
+ORDER BY updated_at
+LIMIT $2
+"""
+
+# Conditional on the row still being idle: a worker that claimed it meanwhile wins.
+REQUEUE: Final = """
+UPDATE screenings
+SET status = 'queued', requeues = requeues + 1, updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'running')
+  AND updated_at < now() - make_interval(secs => $2)
+RETURNING id
+"""
+
+
+async def stale(pool: Connection, idle_s: float, limit: int) -> list[asyncpg.Record]:
+    """Queued or running screenings untouched for `idle_s` seconds, longest idle first."""
+    return list(await pool.fetch(STALE, idle_s, limit))
+
+
+async def requeue(pool: Connection, screening_id: UUID, idle_s: float) -> bool:
+    """Count one more requeue and mark the screening queued, if it is still idle that long."""
+    return bool(await pool.fetchval(REQUEUE, screening_id, idle_s))
 
 
 # --- Confirmed diagnoses: the gateway records them, the trainer learns from them -----------

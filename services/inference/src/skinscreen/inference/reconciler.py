@@ -40,24 +40,6 @@ _SWEEP_LOCK: Final = 0x5C5C_0007
 # Screenings looked at per sweep; the next sweep takes the rest.
 SWEEP_LIMIT: Final = 500
 
-STALE: Final = """
-SELECT id, model_name, image_key, clinical, requeues,
-       extract(epoch FROM now() - created_at)::float8 AS age_s
-FROM screenings
-WHERE status IN ('queued', 'running') AND updated_at < now() - make_interval(secs => $1)
-ORDER BY updated_at
-LIMIT $2
-"""
-
-# Conditional on the row still being stale: a worker that claimed it meanwhile wins.
-REQUEUE: Final = """
-UPDATE screenings
-SET status = 'queued', requeues = requeues + 1, updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'running')
-  AND updated_at < now() - make_interval(secs => $2)
-RETURNING id
-"""
-
 
 @dataclass(frozen=True)
 class ReconcilerSettings:
@@ -123,7 +105,7 @@ async def sweep(
     async with pool.acquire() as connection, connection.transaction():
         if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", _SWEEP_LOCK):
             return result  # another worker is sweeping
-        stale = await connection.fetch(STALE, settings.after_s, SWEEP_LIMIT)
+        stale = await screenings.stale(connection, settings.after_s, SWEEP_LIMIT)
         if not stale:
             return result
         live = await live_task_ids(broker, {queue_for(row["model_name"]) for row in stale})
@@ -137,8 +119,8 @@ async def sweep(
     return result
 
 
-async def _fail(connection: asyncpg.Connection, row: Any, reason: str) -> bool:
-    if not await connection.fetchval(screenings.FAIL, row["id"], reason):
+async def _fail(connection: screenings.Connection, row: Any, reason: str) -> bool:
+    if not await screenings.fail(connection, row["id"], reason):
         return False  # finished meanwhile
     logger.error("screening %s failed: %s", row["id"], reason)
     metrics.reconciled(row["model_name"], "failed")
@@ -146,9 +128,9 @@ async def _fail(connection: asyncpg.Connection, row: Any, reason: str) -> bool:
 
 
 async def _requeue(
-    connection: asyncpg.Connection, celery: Celery, row: Any, settings: ReconcilerSettings
+    connection: screenings.Connection, celery: Celery, row: Any, settings: ReconcilerSettings
 ) -> bool:
-    if not await connection.fetchval(REQUEUE, row["id"], settings.after_s):
+    if not await screenings.requeue(connection, row["id"], settings.after_s):
         return False  # claimed or finished meanwhile
     # Published before the commit: if publishing fails, the row stays as it was; if the
     # commit fails, the task is there twice, which is harmless.

@@ -23,6 +23,7 @@ from . import metrics
 from .active_model import ActiveModel
 from .batching import Batcher
 from .model import LoadedModel
+from .reconciler import Reconciler
 from .retries import backoff_s
 from .settings import get_settings
 
@@ -48,6 +49,7 @@ TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Runt
 class _Runtime:
     def __init__(self) -> None:
         self.batcher: Batcher | None = None
+        self.reconciler: Reconciler | None = None
         self.blobs = BlobStore(settings.BLOB_DIR)
 
 
@@ -68,6 +70,11 @@ def _start_runtime(**_: Any) -> None:
         models, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
     )
     runtime.batcher.start()
+    runtime.reconciler = Reconciler(
+        settings.DATABASE_URL, settings.REDIS_URL, app, settings.reconciler
+    )
+    runtime.reconciler.start()
+    metrics.reconciler_started(settings.MODEL_NAME)
     # Only now: the pod's probes read /metrics, so an answer means the model is loaded.
     metrics.serve(settings.METRICS_PORT)
     logger.info(
@@ -82,6 +89,8 @@ def _start_runtime(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _stop_runtime(**_: Any) -> None:
+    if runtime.reconciler is not None:
+        runtime.reconciler.stop()
     if runtime.batcher is not None:
         runtime.batcher.stop()
 

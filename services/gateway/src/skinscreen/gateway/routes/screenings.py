@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime import screenings
-from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, declare_model_queue
+from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
 from ..deps import ServicesDep
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
@@ -195,12 +195,7 @@ async def create_screening(
         screening_id=screening_id, image_key=key, clinical=clinical_input, model_name=served.name
     )
     try:
-        await run_in_threadpool(
-            services.celery.send_task,
-            TASK_NAME,
-            args=[task.model_dump(mode="json")],
-            queue=declare_model_queue(services.celery, served.name),
-        )
+        await run_in_threadpool(enqueue_screening, services.celery, task)
     except Exception as exc:
         # Not queued means not accepted: leave nothing behind that no worker will ever finish.
         logger.exception("could not enqueue screening %s", screening_id)
