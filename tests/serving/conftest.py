@@ -323,7 +323,7 @@ def start_worker(process: Process) -> None:
     _wait_until(lambda: _log_mentions(process.log, "ready."), 180, "inference worker", process)
 
 
-def _start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
+def start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
     port = free_port()
     process = Process(gateway_command("127.0.0.1", port, "--log-level", "warning"), env, log)
     process.start()
@@ -344,7 +344,7 @@ def gateway(
     stack_env: dict[str, str], worker: Process, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The base URL of a gateway whose queue a worker consumes."""
-    process, url = _start_gateway(stack_env, tmp_path_factory.mktemp("logs") / "gateway.log")
+    process, url = start_gateway(stack_env, tmp_path_factory.mktemp("logs") / "gateway.log")
     yield url
     process.stop()
 
@@ -362,7 +362,7 @@ def idle_gateway(
     redis_url = stack_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{IDLE_REDIS_DB}"
     database_url = with_application_name(stack_env["DATABASE_URL"], IDLE_GATEWAY)
     env = {**stack_env, "REDIS_URL": redis_url, "DATABASE_URL": database_url}
-    process, url = _start_gateway(env, tmp_path_factory.mktemp("logs") / "idle-gateway.log")
+    process, url = start_gateway(env, tmp_path_factory.mktemp("logs") / "idle-gateway.log")
     yield url
     process.stop()
 
@@ -476,7 +476,7 @@ def lifecycle_stack(
     gateway: Process | None = None
     try:
         start_worker(worker)
-        gateway, url = _start_gateway(env, folder / "gateway.log")
+        gateway, url = start_gateway(env, folder / "gateway.log")
         yield Lifecycle(
             env, url, Database(env["DATABASE_URL"]), store, worker, store.versions(MODEL_NAME)[-1]
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.conftest import _start_gateway
+from tests.serving.conftest import start_gateway
 
 TOKEN = "a-long-enough-operator-token"
 MODEL = "skinscreen-fusion"
@@ -23,7 +23,7 @@ def guarded(
 ) -> Iterator[httpx.Client]:
     """A second gateway on the same stack, with an operator token."""
     log = tmp_path_factory.mktemp("logs") / "guarded-gateway.log"
-    process, url = _start_gateway({**stack_env, "OPERATOR_TOKEN": TOKEN}, log)
+    process, url = start_gateway({**stack_env, "OPERATOR_TOKEN": TOKEN}, log)
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
     process.stop()

