@@ -19,6 +19,7 @@ from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import make_celery
 
 from .deps import Services
+from .methods import AllowedMethods
 from .metrics import MetricsMiddleware, record_rejection
 from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_exception_handler(StarletteHTTPException, too_large_or_default)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    # Inside the metrics middleware, which then counts its OPTIONS and 405 answers too.
+    app.add_middleware(AllowedMethods)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_router)
