@@ -10,20 +10,22 @@ route matches go on to the app (404).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
+from fastapi.routing import iter_route_contexts
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, compile_path, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-def allowed_methods(scope: Scope) -> set[str]:
-    """The methods of the app's routes whose path matches the request's, OPTIONS included;
-    empty when no route matches."""
-    methods: set[str] = set()
-    for route in scope["app"].router.routes:
-        route_methods = getattr(route, "methods", None)
-        if route_methods and route.matches(scope)[0] is not Match.NONE:
-            methods |= route_methods
-    return methods | {"OPTIONS"} if methods else methods
+def route_table(routes: Sequence[BaseRoute]) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path pattern and methods, those of included routers' routes too."""
+    table = []
+    for route in iter_route_contexts(routes):
+        if route.path is not None and route.methods:
+            table.append((compile_path(route.path)[0], frozenset(route.methods)))
+    return table
 
 
 class AllowedMethods:
@@ -31,12 +33,23 @@ class AllowedMethods:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Read at the first request: routes are all included by then.
+        self.table: list[tuple[re.Pattern[str], frozenset[str]]] | None = None
+
+    def allowed(self, scope: Scope) -> set[str]:
+        """The methods of the routes whose path matches the request's, OPTIONS included;
+        empty when none matches."""
+        if self.table is None:
+            self.table = route_table(scope["app"].routes)
+        path = get_route_path(scope)
+        methods = set().union(*(m for pattern, m in self.table if pattern.fullmatch(path)))
+        return methods | {"OPTIONS"} if methods else methods
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        allowed = allowed_methods(scope)
+        allowed = self.allowed(scope)
         method = scope["method"]
         if not allowed or method in allowed - {"OPTIONS"}:
             await self.app(scope, receive, send)
