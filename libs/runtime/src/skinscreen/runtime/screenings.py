@@ -1,9 +1,9 @@
 """Screenings and their confirmed diagnoses in PostgreSQL: every statement on both tables.
 
-The gateway creates, reads and lists screenings and records diagnoses; the
-inference worker claims screenings, records a batch's results and marks
-failures, and its reconciler finds screenings left idle and queues them
-again; the gateway's queue metrics read how long a queued screening has
+The gateway creates (once per idempotency key), reads and lists screenings
+and records diagnoses; the inference worker claims screenings, records a
+batch's results and marks failures, and its reconciler finds screenings left
+idle and queues them again; the gateway's queue metrics read how long a queued screening has
 waited; the trainer reads the confirmed diagnoses it learns from. All of them
 do it through here.
 
@@ -54,11 +54,20 @@ async def create(
     image_format: str,
     image_bytes: int,
     image_sha256: str,
-) -> None:
-    """Record a screening as queued (the table's default status)."""
-    await pool.execute(
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
+) -> bool:
+    """Record a screening as queued (the table's default status).
+
+    With an `idempotency_key` (and the `request_sha256` of what was asked), nothing is
+    written when a screening already holds that key: returns False, and `by_idempotency_key`
+    says which one. The unique constraint decides between concurrent requests.
+    """
+    inserted = await pool.fetchval(
         "INSERT INTO screenings (id, model_name, clinical, image_key, image_format,"
-        " image_bytes, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        " image_bytes, image_sha256, idempotency_key, request_sha256)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
         screening_id,
         model_name,
         clinical,
@@ -66,7 +75,25 @@ async def create(
         image_format,
         image_bytes,
         image_sha256,
+        idempotency_key,
+        request_sha256,
     )
+    return bool(inserted)
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """The screening that holds an idempotency key, and the sha256 of the request that set it."""
+
+    screening_id: UUID
+    request_sha256: str
+
+
+async def by_idempotency_key(pool: Connection, key: str) -> Keyed | None:
+    row = await pool.fetchrow(
+        "SELECT id, request_sha256 FROM screenings WHERE idempotency_key = $1", key
+    )
+    return None if row is None else Keyed(row["id"], row["request_sha256"])
 
 
 async def delete(pool: Connection, screening_id: UUID) -> None:
@@ -91,13 +118,28 @@ def encode_cursor(created_at: datetime, screening_id: UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# An issued cursor is about 100 characters; anything much longer was not issued here.
+MAX_CURSOR_CHARS: Final = 200
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, id) an `encode_cursor` cursor holds; InvalidCursorError for anything
+    else (not base64, not JSON, not a list of an aware ISO timestamp and a UUID string)."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidCursorError(cursor)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, screening_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), UUID(screening_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise InvalidCursorError(cursor) from exc
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise InvalidCursorError(cursor)
+    try:
+        created_at, screening_id = datetime.fromisoformat(value[0]), UUID(value[1])
+    except ValueError as exc:
+        raise InvalidCursorError(cursor) from exc
+    if created_at.tzinfo is None:
+        raise InvalidCursorError(cursor)
+    return created_at, screening_id
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +103,17 @@ class ValidationProblem(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+# FastAPI's answer to a request body it cannot parse: JSON that is not UTF-8, multipart
+# framing it cannot read. Every operation that takes a body can send it.
+UNPARSABLE_BODY: Final[dict[int | str, dict[str, Any]]] = {
+    400: {
+        "model": Problem,
+        "description": "The body cannot be parsed (not UTF-8 JSON, or broken multipart "
+        "framing); nothing was changed.",
+    }
+}
 
 
 class CheckResult(BaseModel):

@@ -10,7 +10,7 @@ from skinscreen.runtime import screenings
 
 from ..deps import ServicesDep
 from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
-from ..schemas import DiagnosisIn, DiagnosisOut, Problem
+from ..schemas import UNPARSABLE_BODY, DiagnosisIn, DiagnosisOut, Problem
 from .screenings import PREFIX
 
 router = APIRouter(prefix=PREFIX, tags=["diagnoses"])
@@ -27,6 +27,7 @@ router = APIRouter(prefix=PREFIX, tags=["diagnoses"])
         201: {"description": "Recorded."},
         404: {"model": Problem, "description": "No screening with this id."},
         **OPERATOR_ERRORS,
+        **UNPARSABLE_BODY,
     },
 )
 async def record_diagnosis(

@@ -13,6 +13,7 @@ from skinscreen.runtime.artifacts import ArtifactNotFoundError
 from ..deps import ServicesDep
 from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
+    UNPARSABLE_BODY,
     Activation,
     ActivationList,
     ModelVersionList,
@@ -27,6 +28,7 @@ router = APIRouter(prefix=PREFIX, tags=["models"])
 
 SWITCH_ERRORS: Final[dict[int | str, dict[str, object]]] = {
     **OPERATOR_ERRORS,
+    **UNPARSABLE_BODY,
     404: {"model": Problem, "description": "No such model or version."},
     409: {
         "model": Problem,

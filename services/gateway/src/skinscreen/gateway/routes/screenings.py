@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import re
 from typing import Annotated, Final, cast
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from starlette.datastructures import FormData
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import DIAGNOSES
@@ -19,10 +32,12 @@ from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
 from ..deps import ServicesDep
+from ..errors import FIELDS as CLINICAL_FIELDS
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
 from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
 from ..schemas import (
     TERMINAL,
+    UNPARSABLE_BODY,
     DiagnosisProbability,
     FieldError,
     Links,
@@ -94,18 +109,191 @@ def _unprocessable(problems: list[FieldError]) -> HTTPException:
     return HTTPException(422, detail=[problem.model_dump() for problem in problems])
 
 
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+IDEMPOTENCY_KEY_MAX: Final = 128
+# The same pattern is a CHECK on screenings.idempotency_key (migration 0008).
+IDEMPOTENCY_KEY_PATTERN: Final = rf"^[A-Za-z0-9._:-]{{1,{IDEMPOTENCY_KEY_MAX}}}$"
+IDEMPOTENCY_KEY_ALLOWED: Final = (
+    f"1 to {IDEMPOTENCY_KEY_MAX} characters from A-Z, a-z, 0-9 and . _ : - (a UUID fits)"
+)
+IDEMPOTENCY_DESCRIPTION: Final = (
+    "Makes the submission safe to retry: a request sent again with the same key and the same "
+    "clinical answers, model and photo bytes gets the screening the first one created (the "
+    f"same 202 answer, with `{REPLAYED_HEADER}: true`) instead of a second screening, however "
+    "many copies arrive at once; the same key with anything else is refused (422). "
+    f"{IDEMPOTENCY_KEY_ALLOWED}; one key per screening, shared by every client of this "
+    "service, so generate it at random. A key lives as long as its screening; it is free again "
+    "only if the first request failed (nothing was created)."
+)
+
+
+def _idempotency_key(request: Request, key: str | None) -> str | None:
+    """The request's Idempotency-Key, checked: sent once, in the allowed length and charset."""
+    sent = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if len(sent) > 1:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["header", IDEMPOTENCY_HEADER],
+                    msg=f"{IDEMPOTENCY_HEADER} sent {len(sent)} times; send it at most once",
+                    type="duplicate_header",
+                )
+            ]
+        )
+    if key is None or re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        return key
+    shown = f" (got {len(key)} characters)" if len(key) > IDEMPOTENCY_KEY_MAX else ""
+    raise _unprocessable(
+        [
+            FieldError(
+                loc=["header", IDEMPOTENCY_HEADER],
+                msg=f"{IDEMPOTENCY_HEADER}: not a valid key{shown}; allowed: "
+                f"{IDEMPOTENCY_KEY_ALLOWED}",
+                type="idempotency_key_invalid",
+            )
+        ]
+    )
+
+
+def _check_form_parts(form: FormData) -> None:
+    """Only image, clinical and model, each at most once (otherwise the last would win)."""
+    names = [name for name, _ in form.multi_items()]
+    unknown = sorted(set(names) - FORM_FIELDS)
+    if unknown:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["body", name],
+                    msg=f"unknown form part {name!r}; allowed parts: image, clinical, model",
+                    type="extra_forbidden",
+                )
+                for name in unknown
+            ]
+        )
+    repeated = sorted(name for name in FORM_FIELDS if names.count(name) > 1)
+    if repeated:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["body", name],
+                    msg=f"form part {name!r} sent {names.count(name)} times; send each of "
+                    "image, clinical and model at most once",
+                    type="duplicate_part",
+                )
+                for name in repeated
+            ]
+        )
+
+
+def _repeated_fields(text: str) -> dict[str, int]:
+    """The clinical fields a JSON text names more than once, with how often (JSON allows it;
+    json.loads and pydantic would keep the last silently)."""
+    counts: dict[str, int] = {}
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        for name, _ in items:
+            if name in CLINICAL_FIELDS:
+                counts[name] = counts.get(name, 0) + 1
+        return dict(items)
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return {}  # not JSON: validation says so
+    return {name: count for name, count in counts.items() if count > 1}
+
+
+def _clinical_input(text: str) -> ClinicalInput:
+    repeated = _repeated_fields(text)
+    if repeated:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["body", "clinical", name],
+                    msg=f"{name} appears {count} times in clinical; each field at most once "
+                    f"({OBJECT_DESCRIPTION})",
+                    type="duplicate_key",
+                )
+                for name, count in sorted(repeated.items())
+            ]
+        )
+    try:
+        # Strict: "yes" or 1 is not a symptom answer; only true, false or null are.
+        return ClinicalInput.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise _unprocessable(clinical_errors(exc)) from exc
+
+
+def _request_sha256(clinical: ClinicalInput | None, model: str | None, image_sha256: str) -> str:
+    """What a request asks for, as one hash: the answers (not their spelling), the model part as
+    sent (absent: null) and the photo's bytes."""
+    asked = {
+        "clinical": None if clinical is None else clinical.model_dump(mode="json"),
+        "model": model,
+        "image_sha256": image_sha256,
+    }
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+def _accepted(response: Response, screening_id: UUID) -> ScreeningAccepted:
+    links = _link(screening_id)
+    response.headers["Location"] = links.self
+    return ScreeningAccepted(id=screening_id, status=ScreeningStatus.QUEUED, links=links)
+
+
+def _replay(
+    response: Response, key: str, keyed: screenings.Keyed, request_sha256: str
+) -> ScreeningAccepted:
+    """The first request's answer again, or 422 when the key came with another request."""
+    if keyed.request_sha256 != request_sha256:
+        raise _unprocessable(
+            [
+                FieldError(
+                    loc=["header", IDEMPOTENCY_HEADER],
+                    msg=f"{IDEMPOTENCY_HEADER} {key!r} was already used for another request "
+                    "(other clinical answers, model or photo); a key stands for one screening: "
+                    "send a new key for a new screening",
+                    type="idempotency_key_reused",
+                )
+            ]
+        )
+    response.headers[REPLAYED_HEADER] = "true"
+    return _accepted(response, keyed.screening_id)
+
+
 @router.post(
     "",
     status_code=202,
     response_model=ScreeningAccepted,
     summary="Submit a lesion photo and the clinical answers for screening",
     responses={
-        202: {"description": "Accepted and queued; the Location header says where to read it."},
+        202: {
+            "description": "Accepted and queued; the Location header says where to read it. "
+            f"A retry with the same {IDEMPOTENCY_HEADER} and request gets the first answer again.",
+            "headers": {
+                "Location": {
+                    "description": "Where to read the screening.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+                REPLAYED_HEADER: {
+                    "description": f"`true` when this answers a retry ({IDEMPOTENCY_HEADER} "
+                    "seen before with the same request): the screening was created before, "
+                    "not now. Absent otherwise.",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
+        **UNPARSABLE_BODY,
         413: {"model": Problem, "description": "Over the upload size or pixel limit."},
         415: {"model": Problem, "description": f"Not an image; allowed: {ALLOWED_DESCRIPTION}."},
         422: {
             "model": ValidationProblem,
-            "description": "One entry per bad clinical field or form part, or a corrupt image.",
+            "description": "One entry per bad clinical field or form part (unknown, or sent "
+            "twice), a field repeated in the clinical JSON, a corrupt image, or an "
+            f"{IDEMPOTENCY_HEADER} that is malformed or was used for another request.",
         },
         503: {"model": Problem, "description": "The queue could not take the screening."},
     },
@@ -138,74 +326,95 @@ async def create_screening(
             examples=["skinscreen-fusion"],
         ),
     ] = None,
+    # Checked in the body, for a message that says what is allowed; the schema documents it.
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_HEADER,
+            description=IDEMPOTENCY_DESCRIPTION,
+            json_schema_extra={
+                "minLength": 1,
+                "maxLength": IDEMPOTENCY_KEY_MAX,
+                "pattern": IDEMPOTENCY_KEY_PATTERN,
+            },
+            examples=["3f0c9a52-8d1e-4b7a-9c57-2b1f6a0e4d11"],
+        ),
+    ] = None,
 ) -> ScreeningAccepted:
     settings = services.settings
+    key = _idempotency_key(request, idempotency_key)
     form = await request.form()
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise _unprocessable(
-            [
-                FieldError(
-                    loc=["body", name],
-                    msg=f"unknown form part {name!r}; allowed parts: image, clinical, model",
-                    type="extra_forbidden",
-                )
-                for name in unknown
-            ]
-        )
-    clinical_input = None
-    if clinical is not None:
-        try:
-            # Strict: "yes" or 1 is not a symptom answer; only true, false or null are.
-            clinical_input = ClinicalInput.model_validate_json(clinical, strict=True)
-        except ValidationError as exc:
-            raise _unprocessable(clinical_errors(exc)) from exc
+    _check_form_parts(form)
+    clinical_input = None if clinical is None else _clinical_input(clinical)
     # From the form itself: FastAPI reads an empty part as absent, but `model=` names no model.
-    name = str(form["model"]) if "model" in form else settings.MODEL_NAME
-    served = await _served_model(services, name, clinical_input)
+    sent_model = str(form["model"]) if "model" in form else None
+    name = settings.MODEL_NAME if sent_model is None else sent_model
 
     data = await image.read()
     if len(data) > settings.MAX_UPLOAD_BYTES:
         raise HTTPException(
             413, f"image: {len(data)} bytes; at most {settings.MAX_UPLOAD_BYTES} allowed"
         )
+    image_sha256 = hashlib.sha256(data).hexdigest()
+    request_sha256 = None
+    if key is not None:
+        # A retry is answered as the first request was, whatever has changed since (a model
+        # retired, a limit lowered): the screening exists.
+        request_sha256 = _request_sha256(clinical_input, sent_model, image_sha256)
+        keyed = await screenings.by_idempotency_key(services.pool, key)
+        if keyed is not None:
+            return _replay(response, key, keyed, request_sha256)
+    served = await _served_model(services, name, clinical_input)
     try:
         checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
     except RejectedImageError as exc:
         raise HTTPException(exc.status, str(exc)) from exc
 
     screening_id = uuid4()
-    key = services.blobs.key_for(screening_id, checked.extension)
-    await run_in_threadpool(services.blobs.put, key, data)
+    blob_key = services.blobs.key_for(screening_id, checked.extension)
+    await run_in_threadpool(services.blobs.put, blob_key, data)
     try:
-        await screenings.create(
+        created = await screenings.create(
             services.pool,
             screening_id,
             model_name=served.name,
             clinical=None if clinical_input is None else clinical_input.model_dump(mode="json"),
-            image_key=key,
+            image_key=blob_key,
             image_format=checked.format,
             image_bytes=len(data),
-            image_sha256=hashlib.sha256(data).hexdigest(),
+            image_sha256=image_sha256,
+            idempotency_key=key,
+            request_sha256=request_sha256,
         )
     except BaseException:
-        services.blobs.delete(key)
+        services.blobs.delete(blob_key)
         raise
+    if not created:
+        # A concurrent request with the same key created its screening first.
+        services.blobs.delete(blob_key)
+        assert key is not None
+        assert request_sha256 is not None
+        keyed = await screenings.by_idempotency_key(services.pool, key)
+        if keyed is None:
+            # ... and its task was refused by the queue meanwhile, so it removed it again.
+            raise HTTPException(503, "the screening queue is unavailable; try again later")
+        return _replay(response, key, keyed, request_sha256)
     task = ScreeningTask(
-        screening_id=screening_id, image_key=key, clinical=clinical_input, model_name=served.name
+        screening_id=screening_id,
+        image_key=blob_key,
+        clinical=clinical_input,
+        model_name=served.name,
     )
     try:
         await run_in_threadpool(enqueue_screening, services.celery, task)
     except Exception as exc:
         # Not queued means not accepted: leave nothing behind that no worker will ever finish.
+        # That frees the idempotency key too: a retry with it tries again.
         logger.exception("could not enqueue screening %s", screening_id)
         await screenings.delete(services.pool, screening_id)
-        services.blobs.delete(key)
+        services.blobs.delete(blob_key)
         raise HTTPException(503, "the screening queue is unavailable; try again later") from exc
-
-    links = _link(screening_id)
-    response.headers["Location"] = links.self
-    return ScreeningAccepted(id=screening_id, status=ScreeningStatus.QUEUED, links=links)
+    return _accepted(response, screening_id)
 
 
 async def _served_model(

@@ -17,6 +17,7 @@ from skinscreen.runtime.training_runs import REQUESTS, TrainingRequest, parse_tr
 from ..deps import ServicesDep
 from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
+    UNPARSABLE_BODY,
     FieldError,
     Problem,
     TrainingRun,
@@ -86,6 +87,7 @@ _REQUEST_BODY: Final = {
         },
         503: {"model": Problem, "description": "The training queue could not take the run."},
         **OPERATOR_ERRORS,
+        **UNPARSABLE_BODY,
     },
 )
 async def create_training_run(
