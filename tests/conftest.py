@@ -15,7 +15,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 PAD_UFES = SHARED_DATA / "pad-ufes-20"
 HAM10000 = SHARED_DATA / "ham10000"
 
-# The API form of the clinical answers, as DESIGN.md gives it.
+# The API form of the clinical answers, as docs/DESIGN.md gives it.
 DESIGN_EXAMPLE: dict[str, object] = {
     "age": 62,
     "region": "FACE",

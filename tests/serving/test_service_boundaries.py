@@ -1,4 +1,4 @@
-"""Each service installs and imports only what it needs (DESIGN.md, Layout).
+"""Each service installs and imports only what it needs (docs/DESIGN.md, Where each concern lives).
 
 The gateway never loads torch or onnxruntime; the inference worker never loads
 torch or fastapi; neither loads the other; what they share loads none of these;

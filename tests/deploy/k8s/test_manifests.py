@@ -1,4 +1,4 @@
-"""The rendered overlays have the properties the deployment promises (README, Deploy)."""
+"""The rendered overlays have the properties the deployment promises (docs/deploy.md)."""
 
 from __future__ import annotations
 
@@ -502,15 +502,15 @@ def test_in_cluster_servers_only_take_the_services(
         assert namespaces == (expected if name == "skinscreen-redis" else [])
 
 
-# README's Deploy section, whitespace folded: the numbers it promises are read from it, so
-# README and the manifests cannot drift apart without a test failing.
-README = " ".join((REPO / "README.md").read_text().split())
+# docs/deploy.md, whitespace folded: the numbers it promises are read from it, so the
+# deployment guide and the manifests cannot drift apart without a test failing.
+DEPLOY_GUIDE = " ".join((REPO / "docs" / "deploy.md").read_text().split())
 NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "ten": 10}
 
 
 def promised(pattern: str) -> re.Match[str]:
-    found = re.search(pattern, README)
-    assert found, f"README no longer says {pattern!r}: pin what it says now"
+    found = re.search(pattern, DEPLOY_GUIDE)
+    assert found, f"docs/deploy.md no longer says {pattern!r}: pin what it says now"
     return found
 
 
@@ -525,7 +525,7 @@ def _replicas(text: str) -> tuple[int, int]:
 
 
 def _replica_table() -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
-    """README's overlay table: (gateway, inference) replica ranges of each overlay."""
+    """docs/deploy.md's overlay table: (gateway, inference) replica ranges of each overlay."""
     ranges = {}
     for overlay in OVERLAYS:
         row = promised(rf"\| `{overlay}` \|(?:[^|]*\|){{3}} ([^|]+) \|").group(1)
