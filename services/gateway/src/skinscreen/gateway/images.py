@@ -1,16 +1,37 @@
-"""Checks an uploaded photo before anything is stored: format, pixel count, full decode."""
+"""Checks an uploaded photo before anything is stored: format, size, every byte of its pixels.
+
+Without holding the photo decoded, where the format allows: a JPEG is decoded at 1/8
+scale (libjpeg still reads and checks every coded block, so a truncated file is found,
+with 1/64 of the memory); a PNG's compressed pixel stream is inflated a megabyte at a time
+and counted, never kept. WebP and HEIF have no such shortcut: they are decoded in full
+when that fits in half the process's decode memory budget, and otherwise checked by their
+header alone (the inference worker, with its larger budget, then reports a bad one). Each
+decode holds its share of the budget (`skinscreen.core.memory.DecodeBudget`); a request
+that cannot get it within DECODE_WAIT_S is answered 503 with Retry-After.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
+import math
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
 from PIL import Image, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
+from skinscreen.core.imaging import decode_cost
+from skinscreen.core.memory import MIB, DecodeBudget, DecodeBudgetTimeoutError, tune_malloc
+
+from .settings import get_settings
+
 # HEIC/HEIF is what iPhones send; pillow-heif teaches Pillow to read it.
 register_heif_opener()
+# Freed decode buffers go back to the system (see skinscreen.core.memory).
+tune_malloc()
 
 # Pillow format name -> (media type, file extension in the blob store).
 FORMATS: Final[dict[str, tuple[str, str]]] = {
@@ -21,11 +42,19 @@ FORMATS: Final[dict[str, tuple[str, str]]] = {
 }
 ALLOWED_DESCRIPTION: Final = "JPEG, PNG, WebP or HEIC/HEIF"
 
+# Bytes a check of a JPEG holds per pixel of the photo: its 1/8-scale decode (4 bytes per
+# pixel of 1/64 of them) and, for a progressive JPEG, libjpeg's coefficients for the whole
+# photo (2 bytes per coefficient, 1.5 coefficients per pixel in 4:2:0) at any scale.
+JPEG_DRAFT_BYTES_PER_PIXEL: Final = 4 / 64
+PROGRESSIVE_JPEG_BYTES_PER_PIXEL: Final = 3
+PNG_INFLATE_STEP: Final = MIB
+
 
 class RejectedImageError(ValueError):
     """An upload that is not a usable photo; `status` is the HTTP status to answer."""
 
     status = 422
+    headers: dict[str, str] | None = None
 
 
 class UnsupportedImageError(RejectedImageError):
@@ -36,8 +65,22 @@ class CorruptImageError(RejectedImageError):
     status = 422
 
 
+class ImageTooSmallError(RejectedImageError):
+    status = 422
+
+
 class ImageTooLargeError(RejectedImageError):
     status = 413
+
+
+class DecoderBusyError(RejectedImageError):
+    """Not the photo's fault: the gateway's decode memory is taken; try again shortly."""
+
+    status = 503
+
+    def __init__(self, exc: DecodeBudgetTimeoutError) -> None:
+        super().__init__(f"image: the gateway is busy checking other photos ({exc}); try again")
+        self.headers = {"Retry-After": str(exc.retry_after_s)}
 
 
 @dataclass(frozen=True)
@@ -48,12 +91,30 @@ class CheckedImage:
     height: int
 
 
-def check_image(data: bytes, max_pixels: int) -> CheckedImage:
-    """Identify the format and size from the header, refuse bombs, then decode every pixel.
+@functools.cache
+def decode_budget(budget_mb: int) -> DecodeBudget:
+    """This process's one budget (one per size, so a test's settings get their own)."""
+    return DecodeBudget(budget_mb * MIB)
 
-    The full decode is what finds truncated and corrupt files; it happens only
-    after the pixel count is known to be within `max_pixels`.
+
+def check_image(
+    data: bytes,
+    max_pixels: int,
+    min_side: int | None = None,
+    budget: DecodeBudget | None = None,
+    wait_s: float | None = None,
+) -> CheckedImage:
+    """Identify the format and size from the header, refuse bombs and thumbnails, then check
+    that the pixel data is complete and decodes, holding as little of it as the format allows.
+
+    `min_side`, `budget` and `wait_s` default to the gateway's settings (MIN_IMAGE_SIDE,
+    DECODE_MEMORY_BUDGET_MB, DECODE_WAIT_S).
     """
+    if min_side is None or budget is None or wait_s is None:
+        settings = get_settings()
+        min_side = settings.MIN_IMAGE_SIDE if min_side is None else min_side
+        budget = decode_budget(settings.DECODE_MEMORY_BUDGET_MB) if budget is None else budget
+        wait_s = settings.DECODE_WAIT_S if wait_s is None else wait_s
     if not data:
         raise UnsupportedImageError(f"image: the file is empty; allowed: {ALLOWED_DESCRIPTION}")
     try:
@@ -70,12 +131,98 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
             raise ImageTooLargeError(
                 f"image: {width}x{height} is {width * height} pixels; at most {max_pixels} allowed"
             )
+        if min(width, height) < min_side:
+            raise ImageTooSmallError(
+                f"image: {width}x{height} is too small; its shorter side must be at least "
+                f"{min_side} pixels (MIN_IMAGE_SIDE): send the original photo, not a thumbnail"
+            )
+        format_name = image.format or ""
         try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            _check_pixels(image, data, budget, wait_s)
+        except DecodeBudgetTimeoutError as exc:
+            raise DecoderBusyError(exc) from exc
+        except (OSError, SyntaxError, ValueError, zlib.error, Image.DecompressionBombError) as exc:
             raise CorruptImageError(
-                f"image: the {image.format} file is truncated or corrupt ({exc}); "
+                f"image: the {format_name} file is truncated or corrupt ({exc}); "
                 "send the complete original photo"
             ) from exc
-        format_name = image.format or ""
     return CheckedImage(format_name, FORMATS[format_name][1], width, height)
+
+
+def _check_pixels(image: Image.Image, data: bytes, budget: DecodeBudget, wait_s: float) -> None:
+    width, height = image.size
+    if image.format == "PNG":
+        _inflate_png(data)
+        return
+    if image.format == "JPEG":
+        image.draft(None, (1, 1))  # the smallest scale libjpeg offers: 1/8
+        per_pixel = JPEG_DRAFT_BYTES_PER_PIXEL
+        if image.info.get("progressive"):
+            per_pixel += PROGRESSIVE_JPEG_BYTES_PER_PIXEL
+        cost = math.ceil(per_pixel * width * height)
+    else:
+        cost = decode_cost(image.format, width, height)
+        if cost > budget.budget // 2:
+            return  # read by its header only; see the module's docstring
+    with budget.hold(cost, wait_s):
+        image.load()
+
+
+# PNG colour type -> samples per pixel.
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 interlacing: each pass's first column and row and its steps.
+_ADAM7: Final = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                 (1, 0, 2, 2), (0, 1, 1, 2))  # fmt: skip
+
+
+def _png_raw_size(header: bytes) -> int:
+    """Bytes of filtered scanlines the IHDR announces: what the pixel stream must inflate to."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header[:13])
+    if colour not in _PNG_CHANNELS:
+        raise SyntaxError(f"unknown PNG colour type {colour}")
+    bits = _PNG_CHANNELS[colour] * depth
+
+    def scanlines(columns: int, rows: int) -> int:
+        return 0 if columns <= 0 or rows <= 0 else rows * (1 + (columns * bits + 7) // 8)
+
+    if not interlace:
+        return scanlines(width, height)
+    return sum(
+        scanlines((width - x + dx - 1) // dx, (height - y + dy - 1) // dy)
+        for x, y, dx, dy in _ADAM7
+    )
+
+
+def _inflate_png(data: bytes) -> None:
+    """Walk the chunks (checking each CRC, as Pillow does) and inflate the pixel stream a
+    megabyte at a time, counting: SyntaxError unless it holds every scanline."""
+    position = 8
+    expected: int | None = None
+    produced = 0
+    inflater = zlib.decompressobj()
+    while expected is None or produced < expected:
+        head = data[position : position + 8]
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        body = data[position + 8 : position + 8 + length]
+        crc = data[position + 8 + length : position + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            break
+        if zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+            raise SyntaxError(f"broken PNG file: bad CRC in the {kind!r} chunk")
+        if kind == b"IHDR":
+            expected = _png_raw_size(body)
+        elif kind == b"IDAT" and expected is not None:
+            chunk = body
+            while chunk and produced < expected:
+                produced += len(inflater.decompress(chunk, PNG_INFLATE_STEP))
+                chunk = inflater.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    if expected is None or produced < expected:
+        raise SyntaxError(
+            f"image file is truncated: {produced} of {expected} bytes of scanlines; "
+            "the pixel data ends early"
+        )

@@ -15,8 +15,27 @@ class Settings(SharedSettings):
     """The gateway's own knobs, on top of those it shares with the inference worker."""
 
     MAX_UPLOAD_BYTES: int = Field(15 * 1024 * 1024, gt=0, description="Largest image file.")
+    # Every accepted photo is decoded in full by an inference worker: DECODE_BYTES_PER_PIXEL
+    # (9) x pixels at its peak. 50 megapixels (the largest phone photos: 8160 x 6120) cost
+    # 450 MB, so the worker's default budget (1024 MB) decodes two of them at once
+    # (9 B x 50 MP <= 1024 MB / 2), under its 4 GiB pod limit with the model beside them. The
+    # gateway itself holds 1/64 of that for a JPEG and nothing for a PNG (images.py).
     MAX_IMAGE_PIXELS: int = Field(
         50_000_000, gt=0, description="Largest width x height; refuses decompression bombs."
+    )
+    # The smallest served model takes 150 x 150 (skinscreen-fusion 224 x 224); a shorter side
+    # under half of 224 would be enlarged more than twice, showing the model interpolation
+    # rather than the lesion. Phones send 480 px and more; PAD-UFES-20's smallest is 147 px.
+    MIN_IMAGE_SIDE: int = Field(
+        112, gt=0, description="Smallest shorter side of a photo, in pixels."
+    )
+    # Two uvicorn workers per pod (deploy/k8s) each take ~110 MB before any photo: 2 x (110 +
+    # 192) stays well under the pod's 768 MiB.
+    DECODE_MEMORY_BUDGET_MB: int = Field(
+        192, gt=0, description="Memory one gateway process spends decoding photos at once."
+    )
+    DECODE_WAIT_S: float = Field(
+        10.0, gt=0, description="Longest an upload waits for decode memory before 503."
     )
     MAX_WAIT_S: float = Field(30.0, gt=0, le=30, description="Upper bound of ?wait=N.")
     DB_POOL_SIZE: int = Field(10, gt=0)

@@ -42,6 +42,15 @@ class Settings(SharedSettings):
         9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
     )
     INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
+    # A worker decodes every photo in full (9 bytes per pixel at the peak, 16 for WebP): 1024 MB
+    # is two photos at the gateway's 50-megapixel limit at once, beside the model and the
+    # batches, under the pod's 4 GiB; the rest wait their turn (DECODE_WAIT_S, then a retry).
+    DECODE_MEMORY_BUDGET_MB: int = Field(
+        1024, gt=0, description="Memory one worker spends decoding photos at once."
+    )
+    DECODE_WAIT_S: float = Field(
+        60.0, gt=0, description="Longest a task waits for decode memory before it retries."
+    )
     LOG_LEVEL: str = "INFO"
     RECONCILE_INTERVAL_S: float = Field(
         30.0, gt=0, description="How often the reconciler looks for stuck screenings."

@@ -368,7 +368,7 @@ async def create_screening(
     try:
         checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
     except RejectedImageError as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+        raise HTTPException(exc.status, str(exc), headers=exc.headers) from exc
 
     screening_id = uuid4()
     blob_key = services.blobs.key_for(screening_id, checked.extension)
