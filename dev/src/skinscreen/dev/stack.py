@@ -7,6 +7,12 @@ worker per served model (by default every model shipped in ./models), the
 trainer worker (when installed) and the gateway, and prints the URL. It runs
 the services as child processes, so it needs them installed but imports none
 of them.
+
+It supervises them: a service that exits is started again, with a line naming
+it and its exit code, after a pause that doubles with each quick crash (1 s up
+to 30 s); one that crashes MAX_QUICK_CRASHES times in a row, each within
+QUICK_CRASH_S of its start, is given up on and the stack stops. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
@@ -40,6 +47,47 @@ SERVICES: Final = {
     "skinscreen.gateway": "services/gateway",
     "skinscreen.inference": "services/inference",
 }
+
+
+# A crash this soon after a start counts as quick; MAX_QUICK_CRASHES of them in a row: give up.
+QUICK_CRASH_S: Final = 30.0
+MAX_QUICK_CRASHES: Final = 5
+RESTART_DELAY_S: Final = 1.0
+MAX_RESTART_DELAY_S: Final = 30.0
+
+
+class ServiceGaveUpError(RuntimeError):
+    """A service kept crashing right after each start: restarting it again would not help."""
+
+
+@dataclass
+class Service:
+    """One supervised child process: how to start it and how it has fared."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path | None
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_crashes: int = 0
+    restart_at: float | None = field(default=None)
+
+    def start(self) -> None:
+        output = None if self.log is None else self.log.open("ab")
+        try:
+            # Its own process group: Ctrl-C reaches only the supervisor, which stops it in order.
+            self.process = subprocess.Popen(
+                self.command, env=self.env, start_new_session=True, stdout=output, stderr=output
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own copy
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
 
 def check_services_installed() -> None:
@@ -83,7 +131,7 @@ class Stack:
         self.data = data
         self._postgres = EmbeddedPostgres(data / "postgres")
         self._redis = EmbeddedRedis(data / "redis")
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.services: list[Service] = []
         self.metrics: dict[str, str] = {}
         # None: the services write to this terminal; a path: they append to that file.
         self.log = log
@@ -97,37 +145,33 @@ class Stack:
             self.env["REDIS_URL"] = self._redis.start()
             print(f"embedded Redis at {self.env['REDIS_URL']}", flush=True)
         output = None if self.log is None else self.log.open("ab")
-        subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
-        # Own process groups: Ctrl-C reaches only the supervisor, which stops them in order.
+        try:
+            subprocess.run(PRESTART_COMMAND, env=self.env, check=True, stdout=output, stderr=output)
+        finally:
+            if output is not None:
+                output.close()
         gateway = gateway_command(self.host, self.port, "--no-access-log")
         workers = [
             (f"inference {model}", WORKER_COMMAND, {"MODEL_NAME": model}) for model in self.models
         ]
         if self.with_trainer:
             workers.append(("trainer", TRAINER_COMMAND, {}))
-        commands = []
         for name, command, env in workers:
             # One machine, several workers: each serves its /metrics on a port of its own.
             port = free_port()
             self.metrics[name] = f"http://{self.host}:{port}/metrics"
-            commands.append((command, {**self.env, **env, "METRICS_PORT": str(port)}))
-        commands.append((gateway, self.env))
+            environment = {**self.env, **env, "METRICS_PORT": str(port)}
+            self.services.append(Service(name, command, environment, self.log))
+        self.services.append(Service("gateway", gateway, self.env, self.log))
         self.metrics["gateway"] = f"{self.url}/metrics"
-        for command, env in commands:
-            self.processes.append(
-                subprocess.Popen(
-                    command, env=env, start_new_session=True, stdout=output, stderr=output
-                )
-            )
-        if output is not None:
-            output.close()  # the children hold their own copies
+        for service in self.services:
+            service.start()
         self._wait_ready(ready_timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
-            if not self.running():
-                raise RuntimeError("a service exited while the stack was starting")
+            self.supervise()
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2):
                     return
@@ -137,8 +181,46 @@ class Stack:
                 raise TimeoutError(f"{self.url}/readyz did not answer 200 in {timeout_s:.0f} s")
             time.sleep(0.5)
 
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The services' current processes, in start order."""
+        return [service.process for service in self.services if service.process is not None]
+
     def running(self) -> bool:
-        return all(process.poll() is None for process in self.processes)
+        return all(service.alive() for service in self.services)
+
+    def supervise(self) -> None:
+        """Start again each service that exited, once its pause is over; ServiceGaveUpError
+        when one crashed MAX_QUICK_CRASHES times in a row right after starting."""
+        now = time.monotonic()
+        for service in self.services:
+            if service.process is None or service.alive():
+                continue
+            if service.restart_at is None:
+                code = service.process.returncode
+                ran_s = now - service.started_at
+                service.quick_crashes = service.quick_crashes + 1 if ran_s < QUICK_CRASH_S else 1
+                if service.quick_crashes >= MAX_QUICK_CRASHES:
+                    raise ServiceGaveUpError(
+                        f"{service.name} exited with code {code} {service.quick_crashes} times "
+                        f"in a row, each within {QUICK_CRASH_S:.0f} s of its start; giving up"
+                    )
+                delay = min(MAX_RESTART_DELAY_S, RESTART_DELAY_S * 2 ** (service.quick_crashes - 1))
+                service.restart_at = now + delay
+                print(
+                    f"skinscreen-stack: {service.name} exited with code {code} after "
+                    f"{ran_s:.0f} s; restarting it in {delay:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif now >= service.restart_at:
+                service.start()
+                assert service.process is not None
+                print(
+                    f"skinscreen-stack: {service.name} restarted (pid {service.process.pid})",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM in reverse start order (the gateway first, so no new work arrives)."""
@@ -150,7 +232,7 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        self.processes.clear()
+        self.services.clear()
         self._redis.stop()
         self._postgres.stop()
 
@@ -185,10 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"API docs: {stack.url}/docs", flush=True)
         for name, url in stack.metrics.items():
             print(f"metrics ({name}): {url}", flush=True)
-        while stack.running():
+        while True:
+            stack.supervise()
             time.sleep(0.5)
-        print("a service exited; stopping the stack", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("stopping skinscreen", flush=True)
         return 0
