@@ -84,6 +84,11 @@ class DecodeBudget:
     def in_use(self) -> int:
         return self.budget - self._free
 
+    @property
+    def waiting(self) -> int:
+        """Decodes waiting for their share."""
+        return len(self._queue)
+
     @contextmanager
     def hold(self, cost: int, timeout_s: float | None = None) -> Iterator[None]:
         """Hold `cost` bytes (at most the whole budget) while the block runs; waits first come

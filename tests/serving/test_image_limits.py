@@ -1,0 +1,100 @@
+"""A photo too small to screen is refused by name, size and minimum; decode memory is a
+budget that uploads wait for, first come first served, and a wait that runs out is 503."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import httpx
+import pytest
+from PIL import Image
+
+from skinscreen.core.memory import MIB, DecodeBudget, DecodeBudgetTimeoutError
+from skinscreen.gateway.images import DecoderBusyError, check_image
+from skinscreen.gateway.settings import Settings as GatewaySettings
+from tests.conftest import DESIGN_EXAMPLE
+from tests.waiting import wait_until
+
+MIN_SIDE = GatewaySettings.model_fields["MIN_IMAGE_SIDE"].default
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 150, 120)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 150, 120)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "size"),
+    [
+        ("dot.png", _png(1, 1), "1x1"),
+        ("thumbnail.jpg", _jpeg(640, MIN_SIDE - 1), f"640x{MIN_SIDE - 1}"),
+    ],
+)
+def test_a_photo_below_the_minimum_side_is_422_naming_its_size(
+    idle_gateway: str, name: str, data: bytes, size: str
+) -> None:
+    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+        response = client.post(
+            "/v1/screenings",
+            files={"image": (name, data, "application/octet-stream")},
+            data={"clinical": json.dumps(DESIGN_EXAMPLE)},
+        )
+    assert response.status_code == 422, response.text
+    detail = str(response.json()["detail"])
+    assert "image" in detail
+    assert size in detail
+    assert f"at least {MIN_SIDE} pixels" in detail
+
+
+def test_a_photo_at_the_minimum_side_is_checked_as_any_other() -> None:
+    checked = check_image(_jpeg(MIN_SIDE, 400), 50_000_000, MIN_SIDE, DecodeBudget(MIB), 1)
+    assert (checked.width, checked.height) == (MIN_SIDE, 400)
+
+
+def test_a_check_that_cannot_get_decode_memory_in_time_is_503_with_retry_after() -> None:
+    budget = DecodeBudget(MIB)
+    with budget.hold(MIB), pytest.raises(DecoderBusyError) as refused:
+        check_image(_jpeg(2000, 2000), 50_000_000, MIN_SIDE, budget, 0.2)
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert "DECODE_MEMORY_BUDGET_MB" in str(refused.value)
+
+
+def test_decodes_wait_their_turn_and_never_exceed_the_budget() -> None:
+    budget = DecodeBudget(10)
+    order: list[str] = []
+    first = budget.hold(6)
+    first.__enter__()
+
+    def decode(name: str, cost: int) -> None:
+        with budget.hold(cost, 10):
+            order.append(name)
+
+    # The large one asked first: the small one, which would fit now, waits behind it.
+    large = threading.Thread(target=decode, args=("large", 8))
+    large.start()
+    wait_until(lambda: budget.waiting == 1, "the large decode waits")
+    small = threading.Thread(target=decode, args=("small", 2))
+    small.start()
+    wait_until(lambda: budget.waiting == 2, "the small decode waits behind it")
+    assert order == []
+    first.__exit__(None, None, None)
+    large.join(5)
+    small.join(5)
+    assert order == ["large", "small"]
+    assert budget.peak_in_use <= budget.budget
+    assert budget.in_use == 0
+    # Larger than the whole budget: runs alone rather than never.
+    with budget.hold(100, 0):
+        assert budget.in_use == budget.budget
+    with budget.hold(6), pytest.raises(DecodeBudgetTimeoutError):
+        budget.hold(6, 0).__enter__()
