@@ -120,6 +120,34 @@ def test_a_tampered_cursor_is_422(client, cursor: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "params", "where"),
+    [
+        ("/v1/models/%00/activations", {}, ["path", "name"]),
+        ("/v1/models/skinscreen-fusion/versions/%00", {}, ["path", "version"]),
+        ("/v1/screenings", {"model": "\x00"}, ["query", "model"]),
+    ],
+)
+def test_a_nul_character_is_a_422_on_its_field(client, path: str, params, where) -> None:
+    """PostgreSQL cannot store NUL in text: these reached it, and asyncpg's error was a 500."""
+    response = client.get(path, params=params)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == where
+    assert "NUL character" in error["msg"]
+
+
+@pytest.mark.usefixtures("nothing_created")
+def test_a_nul_in_the_model_part_is_a_422(client, photo_bytes) -> None:
+    response = client.post(
+        "/v1/screenings",
+        files={"image": ("lesion.jpg", photo_bytes, "image/jpeg")},
+        data={"clinical": CLINICAL, "model": "skinscreen\x00fusion"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "model"]
+
+
+@pytest.mark.parametrize(
     ("path", "allowed"),
     [
         ("/v1/screenings", "GET, OPTIONS, POST"),

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.decision import Reason
+
+
+def _without_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (\\u0000); any other text is allowed")
+    return value
+
+
+# Text a request carries into PostgreSQL, which cannot store NUL in text (asyncpg raised,
+# and the gateway answered 500): refused as a 422 on the field instead.
+Text = Annotated[str, AfterValidator(_without_nul)]
 
 
 class ScreeningStatus(StrEnum):
@@ -178,8 +189,8 @@ class SwitchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1, max_length=500)
-    requested_by: str = Field("api", min_length=1, max_length=100, description="Who asks.")
+    reason: Text = Field(min_length=1, max_length=500)
+    requested_by: Text = Field("api", min_length=1, max_length=100, description="Who asks.")
 
 
 class TrainingRunLinks(BaseModel):
@@ -244,7 +255,7 @@ class DiagnosisIn(BaseModel):
         "or OTHER (kept, but not trained on: its cancer status is not known)."
     )
     confirmed_by: Confirmation
-    patient_id: str | None = Field(
+    patient_id: Text | None = Field(
         None,
         min_length=1,
         max_length=100,

@@ -20,6 +20,7 @@ from ..schemas import (
     ModelVersionOut,
     Problem,
     SwitchRequest,
+    Text,
 )
 
 PREFIX: Final = "/v1/models"
@@ -63,7 +64,7 @@ def _out(version: registry.ModelVersion) -> ModelVersionOut:
     summary="Every registered version of a model, newest first",
     responses={404: {"model": Problem, "description": "No version of this model exists."}},
 )
-async def list_versions(name: str, services: ServicesDep) -> ModelVersionList:
+async def list_versions(name: Text, services: ServicesDep) -> ModelVersionList:
     versions = await registry.list_versions(services.pool, name)
     if not versions:
         raise HTTPException(404, f"no version of model {name!r} is registered")
@@ -76,7 +77,7 @@ async def list_versions(name: str, services: ServicesDep) -> ModelVersionList:
     summary="One registered version",
     responses={404: {"model": Problem, "description": "No such version."}},
 )
-async def read_version(name: str, version: str, services: ServicesDep) -> ModelVersionOut:
+async def read_version(name: Text, version: Text, services: ServicesDep) -> ModelVersionOut:
     found = await registry.get_version(services.pool, name, version)
     if found is None:
         raise HTTPException(404, f"model {name!r} has no version {version!r}")
@@ -88,7 +89,7 @@ async def read_version(name: str, version: str, services: ServicesDep) -> ModelV
     response_model=ActivationList,
     summary="The history of the model's active version: promotions and rollbacks",
 )
-async def list_activations(name: str, services: ServicesDep) -> ActivationList:
+async def list_activations(name: Text, services: ServicesDep) -> ActivationList:
     history = await registry.activations(services.pool, name)
     return ActivationList(
         items=[
@@ -118,7 +119,7 @@ async def _announce(services: ServicesDep, version: registry.ModelVersion) -> No
     responses=SWITCH_ERRORS,
 )
 async def promote(
-    name: str, version: str, body: SwitchRequest, services: ServicesDep
+    name: Text, version: Text, body: SwitchRequest, services: ServicesDep
 ) -> ModelVersionOut:
     try:
         active = await registry.promote(
@@ -139,7 +140,7 @@ async def promote(
     summary="Re-activate the version that was active before the current one was promoted",
     responses=SWITCH_ERRORS,
 )
-async def rollback(name: str, body: SwitchRequest, services: ServicesDep) -> ModelVersionOut:
+async def rollback(name: Text, body: SwitchRequest, services: ServicesDep) -> ModelVersionOut:
     try:
         active = await registry.rollback(
             services.pool, name, actor=body.requested_by, reason=body.reason

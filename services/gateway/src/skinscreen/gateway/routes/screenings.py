@@ -48,6 +48,7 @@ from ..schemas import (
     ScreeningPage,
     ScreeningResult,
     ScreeningStatus,
+    Text,
     ValidationProblem,
 )
 from ..served_models import ServedModel, UnknownModelError
@@ -319,7 +320,7 @@ async def create_screening(
     ] = None,
     # Declared for the OpenAPI schema; read from the form itself (see below).
     model: Annotated[
-        str | None,
+        Text | None,
         Form(
             description="The model to screen with: a name with an active version, e.g. "
             "skinscreen-dermoscopy (image only); default: the service's MODEL_NAME.",
@@ -484,7 +485,9 @@ async def read_screening(
     "",
     response_model=ScreeningPage,
     summary="List screenings, newest first, with cursor pagination",
-    responses={422: {"model": ValidationProblem, "description": "Bad limit or cursor."}},
+    responses={
+        422: {"model": ValidationProblem, "description": "Bad limit, cursor or model name."}
+    },
 )
 async def list_screenings(
     services: ServicesDep,
@@ -493,7 +496,7 @@ async def list_screenings(
         str | None, Query(description="next_cursor of the previous page; omit for the first.")
     ] = None,
     model: Annotated[
-        str | None, Query(description="Only the screenings sent to this model.")
+        Text | None, Query(description="Only the screenings sent to this model.")
     ] = None,
 ) -> ScreeningPage:
     try:

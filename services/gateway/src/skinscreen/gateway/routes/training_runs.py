@@ -20,6 +20,7 @@ from ..schemas import (
     UNPARSABLE_BODY,
     FieldError,
     Problem,
+    Text,
     TrainingRun,
     TrainingRunAccepted,
     TrainingRunLinks,
@@ -95,7 +96,7 @@ async def create_training_run(
     response: Response,
     services: ServicesDep,
     requested_by: Annotated[
-        str, Query(min_length=1, max_length=100, description="Who asks; kept with the run.")
+        Text, Query(min_length=1, max_length=100, description="Who asks; kept with the run.")
     ] = "api",
 ) -> TrainingRunAccepted:
     request = _training_request(body)
