@@ -51,7 +51,7 @@ def _post(
     client: httpx.Client,
     image: bytes,
     clinical: object = DESIGN_EXAMPLE,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | dict[str, bytes] | None = None,
     **extra: str,
 ) -> httpx.Response:
     text = clinical if isinstance(clinical, str) else json.dumps(clinical)
