@@ -51,7 +51,7 @@ def _post(
     client: httpx.Client,
     image: bytes,
     clinical: object = DESIGN_EXAMPLE,
-    headers: dict[str, str] | dict[str, bytes] | None = None,
+    headers: dict[str, str] | dict[bytes, bytes] | None = None,
     **extra: str,
 ) -> httpx.Response:
     text = clinical if isinstance(clinical, str) else json.dumps(clinical)
@@ -158,7 +158,7 @@ def test_a_malformed_key_is_refused_and_changes_nothing(
     client, photo_bytes, database, bad: str
 ) -> None:
     before = database.value("SELECT count(*) FROM screenings")
-    response = _post(client, photo_bytes, headers={HEADER: bad.encode("latin-1")})
+    response = _post(client, photo_bytes, headers={HEADER.encode(): bad.encode("latin-1")})
     assert response.status_code == 422, response.text
     (error,) = response.json()["detail"]
     assert error["loc"] == ["header", HEADER]
