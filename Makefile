@@ -93,7 +93,7 @@ $(K8S_INSTALLED): deploy/requirements-k8s.txt
 	touch $@
 
 # Every overlay builds and validates (Kubernetes schemas, the custom resources' schemas),
-# checkov and hadolint find nothing, the rendered objects have the properties README lists.
+# checkov and hadolint find nothing, the rendered objects have the properties docs/deploy.md lists.
 # `make test` runs the same tests; they build .venv-k8s through this Makefile when missing.
 k8s-check: $(INSTALLED) $(K8S_INSTALLED)
 	KUBECTL=$(KUBECTL) $(PY) -m pytest tests/deploy/k8s -q

@@ -1,4 +1,4 @@
-"""Settings that gateway and inference must agree on, read from the environment."""
+"""Settings every service must agree on (gateway, inference, trainer), read from the environment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Celery worker: `skinscreen-inference` consumes the screenings queue in batches."""
+"""The Celery worker: `skinscreen-inference` consumes its model's screenings queue in batches."""
 
 from __future__ import annotations
 
