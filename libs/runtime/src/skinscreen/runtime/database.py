@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
@@ -26,10 +26,55 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections read and write jsonb as Python objects."""
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, init=_init_connection)
-    assert pool is not None
+# asyncpg waits 60 s for a connection by default; a server that is down refuses at once, one
+# that is unreachable would hold every caller that long.
+CONNECT_TIMEOUT_S: Final = 10.0
+
+
+class BoundedPool(asyncpg.Pool):
+    """asyncpg's pool, whose `acquire` (and so `fetch`, `execute`, ...) waits at most
+    `acquire_timeout_s` for a connection, connecting included, then raises TimeoutError."""
+
+    def __init__(self, *args: Any, acquire_timeout_s: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
+
+
+async def create_pool(
+    url: str,
+    *,
+    max_size: int = 10,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    command_timeout_s: float | None = None,
+    acquire_timeout_s: float | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections read and write jsonb as Python objects.
+
+    Every wait on the server is bounded as asked: opening a connection
+    (`connect_timeout_s`), any one statement (`command_timeout_s`), getting a
+    connection from the pool, connecting included (`acquire_timeout_s`). A
+    bound that is hit raises TimeoutError (an OSError), as does a refused
+    connection. At least one connection is opened here: a server that is down
+    fails the caller now.
+    """
+    pool = BoundedPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        init=_init_connection,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        acquire_timeout_s=acquire_timeout_s,
+        timeout=connect_timeout_s,
+        command_timeout=command_timeout_s,
+    )
+    await pool
     return pool
 
 
@@ -38,7 +83,7 @@ async def wait_for_database(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            connection = await asyncpg.connect(url)
+            connection = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError) as exc:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"PostgreSQL at DATABASE_URL did not answer: {exc}") from exc

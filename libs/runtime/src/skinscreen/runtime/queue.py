@@ -32,6 +32,13 @@ QUEUE: Final = "screenings"
 TRAINING_TASK_NAME: Final = "skinscreen.train"
 TRAINING_QUEUE: Final = "training"
 UNACKED_MUTEX_EXPIRE_S: Final = 10
+# Bounds on every synchronous broker call (a publish, an ack): connecting, and any one
+# command. Redis answers in well under a millisecond; a broker that is down or hung makes a
+# publish fail within about BROKER_CONNECT_TIMEOUT_S (refused: at once), so the gateway
+# answers 503 instead of holding the request. A consuming worker's BRPOP runs in Celery's
+# event loop, where socket timeouts do not apply (kombu's health checks cover it).
+BROKER_CONNECT_TIMEOUT_S: Final = 1.0
+BROKER_SOCKET_TIMEOUT_S: Final = 1.0
 
 
 def queue_for(model_name: str) -> str:
@@ -134,6 +141,15 @@ class CeleryConfig:
         self.CELERY_TASK_REJECT_ON_WORKER_LOST = True
         self.CELERY_WORKER_PREFETCH_MULTIPLIER = 1
         self.CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+        self.CELERY_BROKER_CONNECTION_TIMEOUT = BROKER_CONNECT_TIMEOUT_S
+        # One immediate second try (a pooled connection gone stale across a Redis restart is
+        # replaced), then the publish fails: a publisher never waits on a broker that is down.
+        self.CELERY_TASK_PUBLISH_RETRY_POLICY = {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        }
         # A killed worker's unacknowledged tasks return after the visibility timeout; sweep for
         # them ten times per timeout instead of kombu's default of every 100 s.
         self.CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -143,6 +159,8 @@ class CeleryConfig:
             # The sweep's lock: kombu keeps it 300 s, so a worker killed while sweeping (a
             # sweep takes milliseconds) would hold back every redelivery for five minutes.
             "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
         }
         self.CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -158,6 +176,10 @@ def enqueue_screening(app: Celery, task: ScreeningTask) -> None:
         args=[task.model_dump(mode="json")],
         queue=declare_model_queue(app, task.model_name),
         task_id=str(task.screening_id),
+        # The result is in PostgreSQL: without this, Celery subscribes the publisher to the
+        # task's result on Redis (one subscription per task, kept for good), and a publish
+        # during a Redis outage waits ~19 s for that subscription to give up.
+        ignore_result=True,
     )
 
 

@@ -18,6 +18,7 @@ from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import make_celery
 
+from . import unavailable
 from .deps import Services
 from .methods import AllowedMethods
 from .metrics import MetricsMiddleware, record_rejection
@@ -41,10 +42,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "OPERATOR_TOKEN is unset: promote, rollback, training runs and diagnoses are open "
             "to anyone who reaches this gateway"
         )
-    pool = await create_pool(settings.DATABASE_URL, max_size=settings.DB_POOL_SIZE)
-    finished = FinishedScreenings()
-    await finished.start(settings.DATABASE_URL)
-    redis = Redis.from_url(settings.REDIS_URL)
+    pool = await create_pool(
+        settings.DATABASE_URL,
+        max_size=settings.DB_POOL_SIZE,
+        connect_timeout_s=settings.DB_CONNECT_TIMEOUT_S,
+        command_timeout_s=settings.DB_COMMAND_TIMEOUT_S,
+        acquire_timeout_s=settings.DB_ACQUIRE_TIMEOUT_S,
+    )
+    finished = FinishedScreenings(
+        settings.DATABASE_URL,
+        connect_timeout_s=settings.DB_CONNECT_TIMEOUT_S,
+        check_s=settings.LISTEN_CHECK_S,
+        reconnect_max_s=settings.LISTEN_RECONNECT_MAX_S,
+    )
+    await finished.start()
+    # For /readyz and the queue metrics; publishing goes through Celery (its own bounds).
+    redis = Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=settings.REDIS_TIMEOUT_S,
+        socket_timeout=settings.REDIS_TIMEOUT_S,
+    )
     celery = make_celery(
         "skinscreen-gateway", settings.REDIS_URL, settings.CELERY_VISIBILITY_TIMEOUT_S
     )
@@ -76,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     upload_limit = settings.MAX_UPLOAD_BYTES
+    retry_after_s = settings.RETRY_AFTER_S
 
     async def too_large_or_default(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -84,6 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 413 and exc.detail == "Content Too Large":
             detail = f"request body too large: the image may be at most {upload_limit} bytes"
             return JSONResponse({"detail": detail}, status_code=413)
+        if exc.status_code == 503 and "Retry-After" not in (exc.headers or {}):
+            # A route's own 503 (the queue refused a screening) says when to come back, too.
+            exc.headers = {**(exc.headers or {}), "Retry-After": str(retry_after_s)}
         return await http_exception_handler(request, exc)
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
@@ -93,13 +114,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_exception_handler(StarletteHTTPException, too_large_or_default)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    # A server that is down: 503 with Retry-After, never a bare 500.
+    unavailable.install(app, retry_after_s)
+    outage = unavailable.responses(retry_after_s)
     # Inside the metrics middleware, which then counts its OPTIONS and 405 answers too.
     app.add_middleware(AllowedMethods)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_router)
-    app.include_router(screenings.router, max_body_size=upload_limit + FORM_OVERHEAD_BYTES)
-    app.include_router(diagnoses.router)
-    app.include_router(training_runs.router)
-    app.include_router(models.router)
+    app.include_router(
+        screenings.router, max_body_size=upload_limit + FORM_OVERHEAD_BYTES, responses=outage
+    )
+    app.include_router(diagnoses.router, responses=outage)
+    app.include_router(training_runs.router, responses=outage)
+    app.include_router(models.router, responses=outage)
     return app

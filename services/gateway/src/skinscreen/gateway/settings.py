@@ -39,6 +39,40 @@ class Settings(SharedSettings):
     )
     MAX_WAIT_S: float = Field(30.0, gt=0, le=30, description="Upper bound of ?wait=N.")
     DB_POOL_SIZE: int = Field(10, gt=0)
+    # Fail fast: a request never waits long on a server that is down; it is answered 503 with
+    # Retry-After (main.py), and /readyz takes the pod out of the Service meanwhile.
+    DB_CONNECT_TIMEOUT_S: float = Field(
+        1.0, gt=0, description="Longest wait for a new PostgreSQL connection."
+    )
+    DB_ACQUIRE_TIMEOUT_S: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait for a pooled PostgreSQL connection, connecting included.",
+    )
+    DB_COMMAND_TIMEOUT_S: float = Field(
+        10.0, gt=0, description="Longest any one PostgreSQL statement may take."
+    )
+    REDIS_TIMEOUT_S: float = Field(
+        1.0,
+        gt=0,
+        description="Longest wait to connect to Redis, and for any one command, for /readyz "
+        "and the queue metrics (publishing has its own bounds, skinscreen.runtime.queue).",
+    )
+    RETRY_AFTER_S: int = Field(
+        5, gt=0, description="Retry-After of a 503 answered while PostgreSQL or Redis is down."
+    )
+    LISTEN_RECONNECT_MAX_S: float = Field(
+        5.0,
+        gt=0,
+        description="Longest pause between attempts to re-open the LISTEN connection that "
+        "wakes ?wait long polls (the pauses double from 0.1 s up to this).",
+    )
+    LISTEN_CHECK_S: float = Field(
+        5.0,
+        gt=0,
+        description="How often the LISTEN connection is checked (a connection the network "
+        "dropped without closing it is found this way and re-opened).",
+    )
     OPERATOR_TOKEN: SecretStr | None = Field(
         None,
         description="Bearer token for promote, rollback, training runs and diagnoses; unset: "
