@@ -116,16 +116,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, invalid_request)
     # A server that is down: 503 with Retry-After, never a bare 500.
     unavailable.install(app, retry_after_s)
-    outage = unavailable.responses(retry_after_s)
     # Inside the metrics middleware, which then counts its OPTIONS and 405 answers too.
     app.add_middleware(AllowedMethods)
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(
-        screenings.router, max_body_size=upload_limit + FORM_OVERHEAD_BYTES, responses=outage
+        unavailable.document(screenings.router, retry_after_s),
+        max_body_size=upload_limit + FORM_OVERHEAD_BYTES,
     )
-    app.include_router(diagnoses.router, responses=outage)
-    app.include_router(training_runs.router, responses=outage)
-    app.include_router(models.router, responses=outage)
+    for router in (diagnoses.router, training_runs.router, models.router):
+        app.include_router(unavailable.document(router, retry_after_s))
     return app

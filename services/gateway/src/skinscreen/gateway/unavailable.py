@@ -14,8 +14,9 @@ from types import TracebackType
 from typing import Any, Final
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,6 +78,17 @@ def responses(retry_after_s: int) -> dict[int | str, dict[str, Any]]:
             },
         }
     }
+
+
+def document(router: APIRouter, retry_after_s: int) -> APIRouter:
+    """Add the 503 to each of the router's operations in OpenAPI; one that documents its own
+    503 (a queue that refused the work) keeps its description and gains Retry-After."""
+    outage = responses(retry_after_s)[503]
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            own = route.responses.get(503, {})
+            route.responses[503] = {**outage, **own, "headers": outage["headers"]}
+    return router
 
 
 def install(app: FastAPI, retry_after_s: int) -> None:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Longest wait for any one statement, or for a pooled connection; far above what any takes.
+DATABASE_TIMEOUT_S = 30.0
 # Scorings of one batch while versions switch under it; the last one always writes.
 MAX_RESCORES = 3
 
@@ -117,7 +119,14 @@ class Batcher:
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
-        self._pool = await create_pool(self.database_url, max_size=3)
+        # Bounded: a PostgreSQL that hangs (not one that is down: that refuses at once) fails
+        # the batch, its tasks retry, and the batcher goes on instead of waiting forever.
+        self._pool = await create_pool(
+            self.database_url,
+            max_size=3,
+            command_timeout_s=DATABASE_TIMEOUT_S,
+            acquire_timeout_s=DATABASE_TIMEOUT_S,
+        )
         await self.models.start(self._pool)
         self._task = asyncio.create_task(self._run())
 

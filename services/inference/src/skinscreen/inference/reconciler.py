@@ -85,7 +85,9 @@ class Reconciler:
             while not self._stop.is_set():
                 try:
                     if pool is None:
-                        pool = await create_pool(self.database_url, max_size=1)
+                        pool = await create_pool(
+                            self.database_url, max_size=1, command_timeout_s=30.0
+                        )
                     await sweep(pool, broker, self.celery, self.settings)
                 except Exception:
                     # The database or the broker is down: the next sweep tries again.
