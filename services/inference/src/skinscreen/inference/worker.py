@@ -108,7 +108,8 @@ decode_budget = DecodeBudget(settings.DECODE_MEMORY_BUDGET_MB * MIB)
 
 def _decode(data: bytes, size: int) -> Any:
     """The model's input for a stored photo, decoded in full (a JPEG is not drafted to a
-    smaller scale: that moved the fusion model's scores by up to 1e-2), within the decode
+    smaller scale: on PAD-UFES-20 photos enlarged to phone size that moved the fusion model's
+    scores by 0.008 to 0.02 at most, even drawn at 4x its input), within the decode
     budget; DecodeBudgetTimeoutError (transient: retried) when it stays spent."""
     try:
         image = Image.open(io.BytesIO(data))
