@@ -144,7 +144,7 @@ def test_probes(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"database", "broker", "model"}
+    assert set(ready.json()["checks"]) == {"database", "broker", "model", "notifications"}
     schema = client.get("/openapi.json").json()
     responses = schema["paths"]["/v1/screenings"]["post"]["responses"]
     assert {"202", "413", "415", "422"} <= set(responses)
