@@ -433,6 +433,41 @@ def test_only_the_gateway_is_reachable_from_outside(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_worker_metrics_listen_on_the_pod_network_and_admit_prometheus_only(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    """A worker's /metrics binds loopback unless METRICS_HOST says otherwise: the manifests
+    open it on the pod network, and only the monitoring namespace may reach that port."""
+    assert InferenceSettings.model_fields["METRICS_HOST"].default == "127.0.0.1"
+    assert TrainerSettings.model_fields["METRICS_HOST"].default == "127.0.0.1"
+    objects = rendered[overlay]
+    policies = objects.of_kind("NetworkPolicy")
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    workers = [*INFERENCE_OF.values(), "skinscreen-trainer"]
+    for name in workers:
+        deployment = objects.get("Deployment", name)
+        (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+        environment = _environment(objects, worker)
+        assert environment["METRICS_HOST"] == "0.0.0.0", name
+        labels = _pod_labels(deployment)
+        rules = [
+            rule
+            for policy in policies
+            if policy["spec"]["podSelector"] != {}
+            and _matches(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("ingress", [])
+        ]
+        # Every rule that admits anything to a worker names the metrics port and Prometheus'
+        # namespace alone.
+        assert rules, name
+        for rule in rules:
+            assert rule.get("from") == [monitoring], (name, rule)
+            assert rule.get("ports") == [{"port": "metrics", "protocol": "TCP"}], (name, rule)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_inference_worker_is_scraped_and_reaches_its_servers(
     overlay: str, rendered: dict[str, Overlay]
 ) -> None:

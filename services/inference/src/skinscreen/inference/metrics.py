@@ -63,9 +63,14 @@ RECONCILED = Counter(
 )
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on `port` from a daemon thread; call once, in worker_init."""
-    start_http_server(port)
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on `host`:`port` from a daemon thread; call once, in worker_init.
+
+    Loopback unless told otherwise (METRICS_HOST): a worker's port is never on a public
+    interface by default; in Kubernetes it listens on the pod network, which a
+    NetworkPolicy opens to Prometheus alone.
+    """
+    start_http_server(port, addr=host)
 
 
 def observe_batch(

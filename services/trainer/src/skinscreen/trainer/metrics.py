@@ -53,14 +53,15 @@ LAST_RUN_METRIC = Gauge(
 )
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on `port` from a daemon thread; call once, in the parent's worker_init."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on `host`:`port` from a daemon thread; call once, in the parent's
+    worker_init. Loopback unless told otherwise (METRICS_HOST; 0.0.0.0 in Kubernetes)."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        start_http_server(port, registry=registry)
+        start_http_server(port, addr=host, registry=registry)
     else:
-        start_http_server(port, registry=REGISTRY)
+        start_http_server(port, addr=host, registry=REGISTRY)
 
 
 def observe_run(

@@ -31,6 +31,11 @@ class Settings(SharedSettings):
     METRICS_PORT: int = Field(
         9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
     )
+    METRICS_HOST: str = Field(
+        "127.0.0.1",
+        description="Address /metrics listens on: loopback by default; 0.0.0.0 in Kubernetes, "
+        "where the pod network reaches it and a NetworkPolicy lets only Prometheus in.",
+    )
     LOG_LEVEL: str = "INFO"
 
 

@@ -223,7 +223,7 @@ def _train(
 
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
-    metrics.serve(settings.METRICS_PORT)
+    metrics.serve(settings.METRICS_PORT, settings.METRICS_HOST)
 
 
 @worker_ready.connect
