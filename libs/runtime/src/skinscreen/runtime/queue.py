@@ -19,8 +19,6 @@ from kombu.transport import redis as kombu_redis
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis as AsyncRedis
 
-from skinscreen.core.clinical import ClinicalInput
-
 logger = logging.getLogger(__name__)
 
 TASK_NAME: Final = "skinscreen.screen"
@@ -51,16 +49,27 @@ def queue_for(model_name: str) -> str:
 
 
 class ScreeningTask(BaseModel):
-    """One queued screening: everything the worker needs besides the image bytes."""
+    """One queued screening: its id, and the model it was sent to.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Nothing else: the worker reads the photo's key and the clinical answers from the
+    screening's row in PostgreSQL (`screenings.task_inputs`). Redis keeps its messages on
+    disk (the append-only file) and Celery copies a message's arguments into its headers
+    (`argsrepr`) and logs; health data stays where it must be, in PostgreSQL.
+    """
+
+    # Extra fields are ignored, not refused: a message from the release before (which also
+    # carried `image_key` and `clinical`) may still wait in Redis during a rolling upgrade;
+    # the worker reads both from the row instead.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     screening_id: UUID
-    image_key: str
-    # None for a model without clinical input that was sent none.
-    clinical: ClinicalInput | None
-    # The model asked for; a worker serving another one refuses the task.
+    # The model asked for; a worker serving another one refuses the task without a database
+    # round trip.
     model_name: str = DEFAULT_MODEL_NAME
+
+    def message(self) -> dict[str, Any]:
+        """The task's only argument, as JSON."""
+        return self.model_dump(mode="json")
 
 
 class _RedisQoS(kombu_redis.QoS):
@@ -171,9 +180,15 @@ def enqueue_screening(app: Celery, task: ScreeningTask) -> None:
     The task id is the screening id, so the reconciler can tell a screening whose
     task waits in Redis from one whose task was lost (`live_task_ids`).
     """
+    message = task.message()
     app.send_task(
         TASK_NAME,
-        args=[task.model_dump(mode="json")],
+        args=[message],
+        # Celery puts repr(args) in the message's headers and the worker's log lines; say
+        # it explicitly (ids only), so a field added to the message later is not copied there
+        # without a thought.
+        argsrepr=task_repr(task),
+        kwargsrepr="{}",
         queue=declare_model_queue(app, task.model_name),
         task_id=str(task.screening_id),
         # The result is in PostgreSQL: without this, Celery subscribes the publisher to the
@@ -181,6 +196,11 @@ def enqueue_screening(app: Celery, task: ScreeningTask) -> None:
         # during a Redis outage waits ~19 s for that subscription to give up.
         ignore_result=True,
     )
+
+
+def task_repr(task: ScreeningTask) -> str:
+    """What Celery shows of a task's arguments (headers `argsrepr`, log lines): ids only."""
+    return f"[screening_id={task.screening_id}, model_name={task.model_name}]"
 
 
 async def live_task_ids(broker: AsyncRedis, queues: Iterable[str]) -> set[str]:

@@ -1,7 +1,8 @@
 """Screenings and their confirmed diagnoses in PostgreSQL: every statement on both tables.
 
 The gateway creates (once per idempotency key), reads and lists screenings
-and records diagnoses; the inference worker claims screenings, records a
+and records diagnoses; the inference worker reads a task's inputs (the queue message
+carries only the id), claims screenings, records a
 batch's results and marks failures, and its reconciler finds screenings left
 idle and queues them again; the gateway's queue metrics read how long a queued screening has
 waited; the trainer reads the confirmed diagnoses it learns from. All of them
@@ -191,6 +192,34 @@ async def waited_s(pool: Connection, screening_ids: list[UUID]) -> dict[UUID, fl
 
 # --- The inference worker: claim, record a batch, fail -------------------------------------
 
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a worker needs of a screening besides its queue message (`ScreeningTask`)."""
+
+    model_name: str
+    image_key: str
+    # The clinical answers as the gateway stored them; None for an image-only screening.
+    clinical: dict[str, Any] | None
+    # False once the screening is done or failed (a task delivered again).
+    unfinished: bool
+
+
+async def task_inputs(pool: Connection, screening_ids: Sequence[UUID]) -> dict[UUID, TaskInputs]:
+    """The inputs of each screening, in one statement; a screening with no row is left out."""
+    rows = await pool.fetch(
+        "SELECT id, model_name, image_key, clinical, status IN ('queued', 'running') AS unfinished"
+        " FROM screenings WHERE id = ANY($1::uuid[])",
+        list(screening_ids),
+    )
+    return {
+        row["id"]: TaskInputs(
+            row["model_name"], row["image_key"], row["clinical"], bool(row["unfinished"])
+        )
+        for row in rows
+    }
+
+
 CLAIM: Final = """
 UPDATE screenings
 SET status = 'running', attempts = attempts + 1,
@@ -337,7 +366,7 @@ async def fail(pool: Connection, screening_id: UUID, reason: str) -> bool:
 
 
 STALE: Final = """
-SELECT id, model_name, image_key, clinical, requeues,
+SELECT id, model_name, requeues,
        extract(epoch FROM now() - created_at)::float8 AS age_s
 FROM screenings
 WHERE status IN ('queued', 'running') AND updated_at < now() - make_interval(secs => $1)

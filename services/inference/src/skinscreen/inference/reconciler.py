@@ -163,9 +163,4 @@ def _give_up_reason(row: Any, live: set[str], settings: ReconcilerSettings) -> s
 
 
 def _task(row: Any) -> ScreeningTask:
-    return ScreeningTask(
-        screening_id=row["id"],
-        image_key=row["image_key"],
-        clinical=row["clinical"],
-        model_name=row["model_name"],
-    )
+    return ScreeningTask(screening_id=row["id"], model_name=row["model_name"])

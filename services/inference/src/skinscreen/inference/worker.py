@@ -14,15 +14,17 @@ from celery.signals import worker_init, worker_shutdown
 from PIL import Image
 from pillow_heif import register_heif_opener
 
-from skinscreen.core.clinical import N_CLINICAL, encode
+from skinscreen.core.clinical import N_CLINICAL, ClinicalInput, encode
 from skinscreen.core.imaging import decode_cost, preprocess
 from skinscreen.core.memory import MIB, DecodeBudget, tune_malloc
 from skinscreen.runtime.blobs import BlobStore
-from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, make_celery, queue_for
+from skinscreen.runtime.queue import TASK_NAME, ScreeningTask, make_celery, queue_for, task_repr
+from skinscreen.runtime.screenings import TaskInputs
 
 from . import metrics
 from .active_model import ActiveModel
 from .batching import Batcher
+from .inputs import InputReader
 from .model import LoadedModel
 from .reconciler import Reconciler
 from .retries import backoff_s
@@ -53,6 +55,7 @@ class _Runtime:
     def __init__(self) -> None:
         self.batcher: Batcher | None = None
         self.reconciler: Reconciler | None = None
+        self.inputs = InputReader(settings.DATABASE_URL)
         self.blobs = BlobStore(settings.BLOB_DIR)
 
 
@@ -73,13 +76,14 @@ def _start_runtime(**_: Any) -> None:
         models, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
     )
     runtime.batcher.start()
+    runtime.inputs.start()
     runtime.reconciler = Reconciler(
         settings.DATABASE_URL, settings.REDIS_URL, app, settings.reconciler
     )
     runtime.reconciler.start()
     metrics.reconciler_started(settings.MODEL_NAME)
     # Only now: the pod's probes read /metrics, so an answer means the model is loaded.
-    metrics.serve(settings.METRICS_PORT)
+    metrics.serve(settings.METRICS_PORT, settings.METRICS_HOST)
     logger.info(
         "model %s %s on %s; batches of up to %d, waiting at most %.1f ms",
         runtime.batcher.model.name,
@@ -94,6 +98,7 @@ def _start_runtime(**_: Any) -> None:
 def _stop_runtime(**_: Any) -> None:
     if runtime.reconciler is not None:
         runtime.reconciler.stop()
+    runtime.inputs.stop()
     if runtime.batcher is not None:
         runtime.batcher.stop()
 
@@ -122,28 +127,43 @@ def _decode(data: bytes, size: int) -> Any:
             raise PermanentError(f"the stored photo cannot be decoded: {exc}") from exc
 
 
-def _clinical_vector(task: ScreeningTask, model: LoadedModel) -> np.ndarray:
-    """The 22 values the model takes, or PermanentError if the task cannot be scored here."""
+def _check_model(task: ScreeningTask) -> None:
+    """PermanentError for a task sent to another model (read from the message alone)."""
     if task.model_name != settings.MODEL_NAME:
         raise PermanentError(
             f"sent to model {task.model_name}, but it reached a worker serving "
             f"{settings.MODEL_NAME} (queue {queue_for(settings.MODEL_NAME)})"
         )
-    if task.clinical is None:
+
+
+def _clinical_vector(inputs: TaskInputs, model: LoadedModel) -> np.ndarray:
+    """The 22 values the model takes, or PermanentError if the screening cannot be scored here."""
+    if inputs.clinical is None:
         if "clinical" in model.inputs:
             raise PermanentError(f"no clinical answers, and model {model.name} takes them")
         return UNUSED_CLINICAL
-    return encode(task.clinical)
+    return encode(ClinicalInput.model_validate(inputs.clinical))
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=settings.MAX_RETRIES)
 def screen(self: Task, message: dict[str, Any]) -> str:
-    """Run one screening through the next batch; its result is in PostgreSQL when this returns."""
+    """Run one screening through the next batch; its result is in PostgreSQL when this returns.
+
+    The message holds the screening id and model name only (a message of the release before
+    also held the photo's key and the clinical answers: ignored); the rest is read from the
+    screening's row.
+    """
     task = ScreeningTask.model_validate(message)
     assert runtime.batcher is not None, "worker_init did not run"
     try:
-        clinical = _clinical_vector(task, runtime.batcher.model)
-        data = runtime.blobs.read(task.image_key)
+        _check_model(task)
+        inputs = runtime.inputs.read(task.screening_id)
+        if inputs is None or not inputs.unfinished:
+            # No row (removed: its task was refused after all) or already finished (delivered
+            # again): nothing to write.
+            return "missing" if inputs is None else "already_finished"
+        clinical = _clinical_vector(inputs, runtime.batcher.model)
+        data = runtime.blobs.read(inputs.image_key)
         image = _decode(data, runtime.batcher.model.input_size)
         outcome = runtime.batcher.submit(
             task.screening_id,
@@ -163,9 +183,15 @@ def screen(self: Task, message: dict[str, Any]) -> str:
             runtime.batcher.fail(task.screening_id, reason)
             return "failed"
         logger.warning("screening %s: %s; retrying", task.screening_id, exc)
+        # The retry is published in this release's form (ids only), whatever form came in;
+        # Celery's own options, which its type stubs do not list, say what its headers show.
+        headers: dict[str, Any] = {"argsrepr": task_repr(task), "kwargsrepr": "{}"}
         raise self.retry(
+            args=(task.message(),),
+            kwargs={},
             exc=exc,
             countdown=backoff_s(retries, settings.RETRY_BACKOFF_S, settings.RETRY_BACKOFF_MAX_S),
+            **headers,
         ) from exc
     return outcome.value
 

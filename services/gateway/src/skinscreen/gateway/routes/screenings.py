@@ -400,12 +400,8 @@ async def create_screening(
             # ... and its task was refused by the queue meanwhile, so it removed it again.
             raise HTTPException(503, "the screening queue is unavailable; try again later")
         return _replay(response, key, keyed, request_sha256)
-    task = ScreeningTask(
-        screening_id=screening_id,
-        image_key=blob_key,
-        clinical=clinical_input,
-        model_name=served.name,
-    )
+    # The id and the model only: the worker reads the photo's key and the answers from the row.
+    task = ScreeningTask(screening_id=screening_id, model_name=served.name)
     try:
         await run_in_threadpool(enqueue_screening, services.celery, task)
     except Exception as exc:
