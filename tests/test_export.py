@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from skinscreen.trainer.export import ExportError, export_onnx
-from skinscreen.trainer.model import ModelSpec, ScreeningEnsemble, build_model
+from skinscreen.trainer.model import (
+    ModelSpec,
+    SamePadConv2d,
+    ScreeningEnsemble,
+    build_model,
+    static_padding,
+)
 
 
 def _ensemble(
@@ -90,3 +98,51 @@ def test_export_refuses_inputs_off_the_contract(tmp_path: Path) -> None:
         export_onnx(_ensemble(True), tmp_path / "m.onnx", images.astype(np.float32), clinical)
     with pytest.raises(ExportError, match=r"parity clinical must be \[N, 22\]"):
         export_onnx(_ensemble(True), tmp_path / "m.onnx", images, clinical[:, :21])
+
+
+def test_same_padding_is_folded_into_the_convolutions(tmp_path: Path) -> None:
+    """TF "SAME" padding, fixed to the contract's input size, is each convolution's own
+    `pads` (asymmetric where stride 2 meets an even size): no `Pad` node, and no shape
+    arithmetic for it, so ONNX Runtime keeps its convolution chain. The model itself is
+    left computing its padding from the input, as training needs."""
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="efficientnet-lite0", image_size=64, test_time_views=2)
+    model = ScreeningEnsemble(
+        [build_model(spec, pretrained=False).eval() for _ in range(2)], shared_trunk=True
+    ).eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    clinical = _inputs(3)[1]
+    assert export_onnx(model, tmp_path / "model.onnx", images, clinical) <= 1e-4
+
+    nodes = onnx.load(str(tmp_path / "model.onnx")).graph.node
+    ops = Counter(node.op_type for node in nodes)
+    assert ops["Pad"] == 0
+    assert ops["ConstantOfShape"] <= 1  # was one per convolution
+    pads = [
+        list(attribute.ints)
+        for node in nodes
+        if node.op_type == "Conv"
+        for attribute in node.attribute
+        if attribute.name == "pads"
+    ]
+    # The stem and the first block of each stride-2 stage: (top, left, bottom, right).
+    assert pads.count([0, 0, 1, 1]) + pads.count([1, 1, 2, 2]) == 5
+    assert all(
+        layer.fixed_input_size is None
+        for layer in model.modules()
+        if isinstance(layer, SamePadConv2d)
+    )
+    with torch.inference_mode():  # another size still works after the export
+        other = rng.integers(0, 256, (1, 72, 72, 3), dtype=np.uint8)
+        model(torch.from_numpy(other), torch.from_numpy(clinical[:1]))
+
+
+def test_fixed_padding_refuses_another_input_size() -> None:
+    layer = SamePadConv2d(3, 4, 3, 2)
+    with static_padding(layer, lambda: layer(torch.zeros(1, 3, 8, 8))) as fixed:
+        assert fixed == 1
+        assert layer.fixed_input_size == (8, 8)
+        with pytest.raises(ValueError, match=r"fixed for \[8, 8\]"):
+            layer(torch.zeros(1, 3, 10, 10))
+    assert layer.fixed_input_size is None

@@ -24,7 +24,7 @@ import torch
 from skinscreen.core.card import CANCER_OUTPUT, DIAGNOSIS_OUTPUT
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import DIAGNOSES
-from skinscreen.trainer.model import ScreeningEnsemble
+from skinscreen.trainer.model import ScreeningEnsemble, static_padding
 
 OPSET: Final = 17
 PARITY_TOLERANCE: Final = 1e-4
@@ -53,12 +53,17 @@ def trace_to_onnx(
     """Export with a dynamic batch dimension (the first) on every input and output.
 
     The TorchScript exporter is used: it handles this graph in one pass without
-    extra dependencies. Spatial sizes are fixed by the model contract, so its
-    warnings about shapes traced as constants (TF "SAME" padding) are expected
-    and silenced here; the parity check below is what proves the graph right.
+    extra dependencies. Spatial sizes are fixed by the model contract, so TF "SAME"
+    padding is fixed to them for the trace (`static_padding`): it becomes the
+    convolutions' own `pads`, with a constant `Pad` left only where "SAME" is
+    asymmetric, and no shape arithmetic; constants are folded. The parity check
+    below is what proves the graph right.
     """
     dynamic = {name: {0: "batch"} for name in (*input_names, *output_names)}
-    with warnings.catch_warnings():
+    with (
+        static_padding(module, lambda: module(*example)),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -70,6 +75,7 @@ def trace_to_onnx(
             output_names=list(output_names),
             dynamic_axes=dynamic,
             opset_version=OPSET,
+            do_constant_folding=True,
             dynamo=False,
         )
 

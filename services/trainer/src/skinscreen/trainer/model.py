@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -80,11 +82,62 @@ class Backbone(nn.Module):
 # --------------------------------------------------------------------------- #
 
 
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding of one spatial axis: (before, after); after gets the odd pixel."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class _AsymmetricallyPaddedConv(torch.autograd.Function):
+    """A bias-free convolution after a constant, asymmetric zero padding, traced to ONNX as
+    one `Conv` whose `pads` are (top, left, bottom, right): ONNX allows asymmetric padding,
+    PyTorch's convolution does not, so without this the graph would keep a `Pad` before it.
+    For export only (it has no backward)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        stride: tuple[int, int],
+        groups: int,
+        pads: tuple[int, int, int, int],
+    ) -> torch.Tensor:
+        top, left, bottom, right = pads
+        return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, None, stride, 0, 1, groups)
+
+    @staticmethod
+    def symbolic(
+        g: Any,
+        x: Any,
+        weight: Any,
+        stride: tuple[int, int],
+        groups: int,
+        pads: tuple[int, int, int, int],
+    ) -> Any:
+        return g.op(
+            "Conv",
+            x,
+            weight,
+            pads_i=list(pads),
+            strides_i=list(stride),
+            group_i=groups,
+            dilations_i=[1, 1],
+        )
+
+
 class SamePadConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding, which the Lite0 weights were trained with.
 
     For stride 2 TF pads more on the bottom/right than PyTorch's symmetric
     padding would; a one-pixel shift that costs accuracy with imported weights.
+
+    The padding depends on the input's size, so by default it is computed on every
+    call (a traced graph then has a `Pad` before every convolution, its pads computed
+    from the input's shape). `fixed_input_size` fixes that size (`static_padding` sets
+    it for export): the padding is then constant and becomes the convolution's own
+    `pads` (1x1 convolutions need none; stride 2 on an even size is asymmetric, which
+    ONNX's `Conv` allows and PyTorch's does not: `_AsymmetricallyPaddedConv`).
     """
 
     def __init__(
@@ -98,15 +151,66 @@ class SamePadConv2d(nn.Conv2d):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=False
         )
+        # (height, width) of the input when fixed; not a parameter or buffer, so
+        # checkpoints do not change.
+        self.fixed_input_size: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads: list[int] = []
-        for size, kernel, stride in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
-        ):
-            total = max((math.ceil(int(size) / stride) - 1) * stride + kernel - int(size), 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
+        if self.fixed_input_size is None:
+            sizes = (int(x.shape[-2]), int(x.shape[-1]))
+        else:
+            sizes = self.fixed_input_size
+            if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != sizes:
+                raise ValueError(
+                    f"input is {list(x.shape[-2:])}, but the padding was fixed for {list(sizes)}"
+                )
+        (top, bottom), (left, right) = (
+            same_pads(size, kernel, stride)
+            for size, kernel, stride in zip(sizes, self.kernel_size, self.stride, strict=True)
+        )
+        if self.fixed_input_size is None:
+            return super().forward(F.pad(x, [left, right, top, bottom]))
+        if top == bottom and left == right:
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups
+            )
+        stride = (self.stride[0], self.stride[1])
+        result = _AsymmetricallyPaddedConv.apply(
+            x, self.weight, stride, self.groups, (top, left, bottom, right)
+        )
+        return cast(torch.Tensor, result)
+
+
+@contextmanager
+def static_padding(module: nn.Module, example: Callable[[], object]) -> Iterator[int]:
+    """Fix every `SamePadConv2d` in `module` to the input size it sees when `example()`
+    runs, for as long as the context lasts (an export); yields how many were fixed.
+
+    `example` runs the module once (under `torch.inference_mode`) on inputs of the size the
+    graph will have; the model contract fixes S, so one size is all an export needs.
+    """
+    convolutions = [layer for layer in module.modules() if isinstance(layer, SamePadConv2d)]
+    seen: dict[nn.Module, tuple[int, int]] = {}
+
+    def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        size = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
+        if seen.setdefault(layer, size) != size:
+            raise ValueError(f"a convolution saw two input sizes, {seen[layer]} and {size}")
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in convolutions]
+    try:
+        with torch.inference_mode():
+            example()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    try:
+        for layer in convolutions:
+            layer.fixed_input_size = seen.get(layer)
+        yield sum(layer.fixed_input_size is not None for layer in convolutions)
+    finally:
+        for layer in convolutions:
+            layer.fixed_input_size = None
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
