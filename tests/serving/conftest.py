@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -34,6 +35,8 @@ from skinscreen.core.decision import DecisionRule
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DIAGNOSES, load_pad_ufes
 from skinscreen.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from skinscreen.runtime import accounts
+from skinscreen.runtime.accounts import Scope
 from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.commands import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
 from tests.conftest import REPO, SHARED_DATA
@@ -73,6 +76,50 @@ def ranking_auc(probabilities: list[float], labels: list[int]) -> float:
     assert negatives, "an AUC needs benign lesions"
     wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
     return wins / (len(positives) * len(negatives))
+
+
+@dataclass(frozen=True)
+class Keys:
+    """API keys on one stack's database: a clinician's key of `clinic_id`, and an operator's.
+    `clinician` and `operator` are the headers that send them."""
+
+    clinic_id: UUID
+    clinician_key: str
+    operator_key: str
+
+    @property
+    def clinician(self) -> dict[str, str]:
+        return bearer(self.clinician_key)
+
+    @property
+    def operator(self) -> dict[str, str]:
+        return bearer(self.operator_key)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+_clinics = itertools.count(1)
+
+
+def create_keys(database_url: str, clinic: str | None = None) -> Keys:
+    """A new clinic with a clinician key, and an operator key (of no clinic), straight in the
+    database as skinscreen-gateway-admin makes them."""
+
+    async def create() -> Keys:
+        connection = await asyncpg.connect(database_url)
+        try:
+            made = await accounts.create_clinic(connection, clinic or f"clinic {next(_clinics)}")
+            clinician = await accounts.create_key(
+                connection, scopes=[Scope.CLINICIAN], clinic_id=made.id
+            )
+            operator = await accounts.create_key(connection, scopes=[Scope.OPERATOR], clinic_id=None)
+        finally:
+            await connection.close()
+        return Keys(made.id, clinician.secret, operator.secret)
+
+    return asyncio.run(create())
 
 
 class Process:
@@ -179,14 +226,18 @@ class HeldLongPoll:
     answer: dict[str, httpx.Response | BaseException]
 
 
-def hold_long_poll(url: str, location: str, database: Database, application: str) -> HeldLongPoll:
-    """Start a long poll on the screening at `location` and return once the gateway whose
-    database connections carry `application` holds it."""
+def hold_long_poll(
+    url: str, location: str, database: Database, application: str, headers: dict[str, str]
+) -> HeldLongPoll:
+    """Start a long poll on the screening at `location` (sending `headers`: the key) and
+    return once the gateway whose database connections carry `application` holds it."""
     answer: dict[str, httpx.Response | BaseException] = {}
 
     def long_poll() -> None:
         try:
-            answer["response"] = httpx.get(f"{url}{location}", params={"wait": 30}, timeout=60)
+            answer["response"] = httpx.get(
+                f"{url}{location}", params={"wait": 30}, headers=headers, timeout=60
+            )
         except BaseException as exc:
             answer["response"] = exc
 
@@ -375,6 +426,12 @@ def idle_redis(stack_env: dict[str, str]) -> Iterator[Redis]:
 
 
 @pytest.fixture(scope="session")
+def keys(stack_env: dict[str, str]) -> Keys:
+    """The session stack's keys: a clinic's clinician key and an operator key."""
+    return create_keys(stack_env["DATABASE_URL"], "the session's clinic")
+
+
+@pytest.fixture(scope="session")
 def database(stack_env: dict[str, str]) -> Database:
     return Database(stack_env["DATABASE_URL"])
 
@@ -413,6 +470,7 @@ class Lifecycle:
     store: ArtifactStore
     worker: Process
     shipped_version: str
+    keys: Keys
 
 
 def own_database(servers: Servers, name: str) -> str:
@@ -478,7 +536,13 @@ def lifecycle_stack(
         start_worker(worker)
         gateway, url = start_gateway(env, folder / "gateway.log")
         yield Lifecycle(
-            env, url, Database(env["DATABASE_URL"]), store, worker, store.versions(MODEL_NAME)[-1]
+            env,
+            url,
+            Database(env["DATABASE_URL"]),
+            store,
+            worker,
+            store.versions(MODEL_NAME)[-1],
+            create_keys(env["DATABASE_URL"]),
         )
     finally:
         if gateway is not None:

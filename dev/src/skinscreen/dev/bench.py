@@ -1,6 +1,7 @@
 """`make bench`: end-to-end throughput and latency of the whole stack, against raw ONNX Runtime.
 
-Starts the stack on embedded servers (or uses --url with DATABASE_URL), posts
+Starts the stack on embedded servers (or uses --url with DATABASE_URL and a
+clinician's API key in SKINSCREEN_API_KEY), posts
 real PAD-UFES-20 photos from many concurrent clients, and measures in the same
 run, on the same machine, the raw ONNX Runtime throughput of the same model.
 """
@@ -99,11 +100,16 @@ async def screen_one(session: aiohttp.ClientSession, photo: Photo, model: str) -
             raise RuntimeError(f"screening failed: {body['failure_reason']}")
 
 
+API_KEY_ENV = "SKINSCREEN_API_KEY"
+
+
 def client_session(url: str, connections: int) -> aiohttp.ClientSession:
     """The load generator shares the machine with the stack under test, so it is aiohttp: at
     saturation on 2 cores it took 4% of a core where httpx took 30% (top, README)."""
     return aiohttp.ClientSession(
         base_url=url,
+        # A clinician's key: main() sets it to the started stack's development clinic key.
+        headers={"Authorization": f"Bearer {os.environ.get(API_KEY_ENV, '')}"},
         timeout=aiohttp.ClientTimeout(total=60),
         connector=aiohttp.TCPConnector(limit=connections),
     )
@@ -202,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     photos = read_photos(args.photos, args.limit)  # before starting anything: fail fast
     if args.url:
+        if not os.environ.get(API_KEY_ENV):
+            raise SystemExit(
+                f"skinscreen-bench: --url needs a clinician's API key in {API_KEY_ENV}"
+            )
         settings = Settings()
         if args.model:
             settings = settings.model_copy(update={"MODEL_NAME": args.model})
@@ -219,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         stack = Stack(Path(data), "127.0.0.1", free_port(), environ, log=log, with_trainer=False)
         try:
             stack.start()
+            assert stack.api_keys is not None
+            os.environ[API_KEY_ENV] = stack.api_keys.clinician
             run(args, photos, stack.url, Settings.model_validate(stack.env))
         finally:
             stack.stop()

@@ -4,7 +4,10 @@ Starts an embedded PostgreSQL and redis-server in a local data folder when
 DATABASE_URL / REDIS_URL are unset, runs the gateway's pre-start step
 (migrations, models shipped in ./models registered), then an inference
 worker per served model (by default every model shipped in ./models), the
-trainer worker (when installed) and the gateway, and prints the URL. It runs
+trainer worker (when installed) and the gateway, and prints the URL and two
+API keys: a clinician key of the "development clinic" and an operator key,
+created on the first start and kept in <data>/api-keys.json (mode 0600) for
+the next ones. It runs
 the services as child processes, so it needs them installed but imports none
 of them.
 
@@ -18,6 +21,8 @@ everything.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +36,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
 
+import asyncpg
+
+from skinscreen.runtime import accounts
+from skinscreen.runtime.accounts import Scope
 from skinscreen.runtime.artifacts import ArtifactStore
 from skinscreen.runtime.commands import (
     PRESTART_COMMAND,
@@ -54,6 +63,64 @@ QUICK_CRASH_S: Final = 30.0
 MAX_QUICK_CRASHES: Final = 5
 RESTART_DELAY_S: Final = 1.0
 MAX_RESTART_DELAY_S: Final = 30.0
+
+
+DEV_CLINIC: Final = "development clinic"
+KEYS_FILE: Final = "api-keys.json"
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    """The development stack's API keys: a clinician key of DEV_CLINIC, an operator key."""
+
+    clinician: str
+    operator: str
+
+
+async def _usable(connection: asyncpg.Connection, secret: object, scope: Scope) -> bool:
+    if not isinstance(secret, str):
+        return False
+    found = await accounts.authenticate(connection, secret)
+    return found is not None and found.usable and scope in found.scopes
+
+
+async def ensure_dev_keys(database_url: str, path: Path) -> DevKeys:
+    """The keys saved in `path` when the database still accepts them; new ones otherwise
+    (the first start, a fresh database, a key revoked), saved there, readable by the user
+    alone."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}
+    connection = await asyncpg.connect(database_url)
+    try:
+        keys = {}
+        for name, scope in (("clinician", Scope.CLINICIAN), ("operator", Scope.OPERATOR)):
+            if await _usable(connection, saved.get(name), scope):
+                keys[name] = saved[name]
+                continue
+            clinic = None
+            if scope is Scope.CLINICIAN:
+                clinic = await accounts.clinic_by_name(connection, DEV_CLINIC)
+                if clinic is None:
+                    clinic = await accounts.create_clinic(connection, DEV_CLINIC)
+            created = await accounts.create_key(
+                connection,
+                scopes=[scope],
+                clinic_id=None if clinic is None else clinic.id,
+                name=f"skinscreen-stack ({name})",
+            )
+            keys[name] = created.secret
+    finally:
+        await connection.close()
+    if keys != saved:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(keys, file, indent=2)
+    os.chmod(path, 0o600)
+    return DevKeys(**keys)
 
 
 class ServiceGaveUpError(RuntimeError):
@@ -133,6 +200,8 @@ class Stack:
         self._redis = EmbeddedRedis(data / "redis")
         self.services: list[Service] = []
         self.metrics: dict[str, str] = {}
+        # Set by start().
+        self.api_keys: DevKeys | None = None
         # None: the services write to this terminal; a path: they append to that file.
         self.log = log
 
@@ -150,6 +219,9 @@ class Stack:
         finally:
             if output is not None:
                 output.close()
+        self.api_keys = asyncio.run(
+            ensure_dev_keys(self.env["DATABASE_URL"], self.data / KEYS_FILE)
+        )
         gateway = gateway_command(self.host, self.port, "--no-access-log")
         workers = [
             (f"inference {model}", WORKER_COMMAND, {"MODEL_NAME": model}) for model in self.models
@@ -265,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         print(f"skinscreen is running at {stack.url} (Ctrl-C stops it)")
         print(f"API docs: {stack.url}/docs", flush=True)
+        assert stack.api_keys is not None
+        # Kept in <data>/api-keys.json: the same keys on the next start.
+        print(f"API key (development clinic): {stack.api_keys.clinician}", flush=True)
+        print(f"API key (operator): {stack.api_keys.operator}", flush=True)
         for name, url in stack.metrics.items():
             print(f"metrics ({name}): {url}", flush=True)
         while True:

@@ -1,7 +1,9 @@
 """Screenings and their confirmed diagnoses in PostgreSQL: every statement on both tables.
 
-The gateway creates (once per idempotency key), reads and lists screenings
-and records diagnoses; the inference worker reads a task's inputs (the queue message
+The gateway creates (once per idempotency key and clinic), reads and lists
+screenings and records diagnoses, each within one clinic's screenings when
+given a `clinic_id` (a clinician's key) or across all of them when not (an
+operator's); the inference worker reads a task's inputs (the queue message
 carries only the id), claims screenings, records a
 batch's results and marks failures, and its reconciler finds screenings left
 idle and queues them again; the gateway's queue metrics read how long a queued screening has
@@ -55,20 +57,22 @@ async def create(
     image_format: str,
     image_bytes: int,
     image_sha256: str,
+    clinic_id: UUID,
     idempotency_key: str | None = None,
     request_sha256: str | None = None,
 ) -> bool:
-    """Record a screening as queued (the table's default status).
+    """Record a screening of `clinic_id` as queued (the table's default status).
 
     With an `idempotency_key` (and the `request_sha256` of what was asked), nothing is
-    written when a screening already holds that key: returns False, and `by_idempotency_key`
-    says which one. The unique constraint decides between concurrent requests.
+    written when a screening of the same clinic already holds that key: returns False, and
+    `by_idempotency_key` says which one. The unique constraint decides between concurrent
+    requests.
     """
     inserted = await pool.fetchval(
         "INSERT INTO screenings (id, model_name, clinical, image_key, image_format,"
-        " image_bytes, image_sha256, idempotency_key, request_sha256)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING true",
+        " image_bytes, image_sha256, idempotency_key, request_sha256, clinic_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (clinic_id, idempotency_key) DO NOTHING RETURNING true",
         screening_id,
         model_name,
         clinical,
@@ -78,6 +82,7 @@ async def create(
         image_sha256,
         idempotency_key,
         request_sha256,
+        clinic_id,
     )
     return bool(inserted)
 
@@ -90,9 +95,12 @@ class Keyed:
     request_sha256: str
 
 
-async def by_idempotency_key(pool: Connection, key: str) -> Keyed | None:
+async def by_idempotency_key(pool: Connection, key: str, clinic_id: UUID) -> Keyed | None:
+    """The screening of `clinic_id` that holds `key` (another clinic's keys are its own)."""
     row = await pool.fetchrow(
-        "SELECT id, request_sha256 FROM screenings WHERE idempotency_key = $1", key
+        "SELECT id, request_sha256 FROM screenings WHERE clinic_id = $1 AND idempotency_key = $2",
+        clinic_id,
+        key,
     )
     return None if row is None else Keyed(row["id"], row["request_sha256"])
 
@@ -102,10 +110,20 @@ async def delete(pool: Connection, screening_id: UUID) -> None:
     await pool.execute("DELETE FROM screenings WHERE id = $1", screening_id)
 
 
-async def get(pool: Connection, screening_id: UUID) -> asyncpg.Record | None:
-    """The screening's `COLUMNS`, or None if there is no such screening."""
+# `clinic_id` in the statements below: $n::uuid IS NULL (an operator: every clinic's
+# screenings, and those made before clinics existed) or that clinic's alone.
+VISIBLE: Final = "(${n}::uuid IS NULL OR clinic_id = ${n})"
+
+
+async def get(
+    pool: Connection, screening_id: UUID, clinic_id: UUID | None = None
+) -> asyncpg.Record | None:
+    """The screening's `COLUMNS`, or None if there is no such screening (in `clinic_id`,
+    when given: another clinic's screening reads as absent)."""
     row: asyncpg.Record | None = await pool.fetchrow(
-        f"SELECT {COLUMNS} FROM screenings WHERE id = $1", screening_id
+        f"SELECT {COLUMNS} FROM screenings WHERE id = $1 AND {VISIBLE.format(n=2)}",
+        screening_id,
+        clinic_id,
     )
     return row
 
@@ -151,9 +169,14 @@ class Page:
 
 
 async def list_page(
-    pool: Connection, limit: int, cursor: str | None = None, model_name: str | None = None
+    pool: Connection,
+    limit: int,
+    cursor: str | None = None,
+    model_name: str | None = None,
+    clinic_id: UUID | None = None,
 ) -> Page:
-    """Newest first (created_at, then id), `limit` at most, after `cursor` if given.
+    """Newest first (created_at, then id), `limit` at most, after `cursor` if given; only
+    `model_name`'s and `clinic_id`'s screenings when given.
 
     Raises InvalidCursorError, before reading anything, for a cursor this did not issue.
     """
@@ -165,6 +188,9 @@ async def list_page(
     if model_name is not None:
         arguments.append(model_name)
         conditions.append(f"model_name = ${len(arguments)}")
+    if clinic_id is not None:
+        arguments.append(clinic_id)
+        conditions.append(f"clinic_id = ${len(arguments)}")
     where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
     rows = await pool.fetch(
         f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
@@ -404,15 +430,18 @@ async def record_diagnosis(
     diagnosis: str,
     confirmed_by: str,
     patient_id: str | None,
+    clinic_id: UUID | None = None,
 ) -> tuple[dict[str, Any], bool] | None:
     """Record (or replace) a screening's confirmed diagnosis.
 
     Returns its `DIAGNOSIS_COLUMNS` and whether one was replaced; None if there is no
-    such screening. Without a `patient_id`, the screening is its own patient.
+    such screening (in `clinic_id`, when given). Without a `patient_id`, the screening is its
+    own patient.
     """
     row = await pool.fetchrow(
         "INSERT INTO diagnoses (screening_id, diagnosis, confirmed_by, patient_id)"
-        " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings WHERE id = $1"
+        " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings"
+        f" WHERE id = $1 AND {VISIBLE.format(n=5)}"
         " ON CONFLICT (screening_id) DO UPDATE SET diagnosis = excluded.diagnosis,"
         " confirmed_by = excluded.confirmed_by, patient_id = excluded.patient_id,"
         " updated_at = now()"
@@ -421,6 +450,7 @@ async def record_diagnosis(
         diagnosis,
         confirmed_by,
         patient_id,
+        clinic_id,
     )
     if row is None:
         return None
@@ -429,10 +459,16 @@ async def record_diagnosis(
     return recorded, replaced
 
 
-async def get_diagnosis(pool: Connection, screening_id: UUID) -> dict[str, Any] | None:
-    """The screening's confirmed diagnosis (`DIAGNOSIS_COLUMNS`), or None if none is recorded."""
+async def get_diagnosis(
+    pool: Connection, screening_id: UUID, clinic_id: UUID | None = None
+) -> dict[str, Any] | None:
+    """The screening's confirmed diagnosis (`DIAGNOSIS_COLUMNS`), or None if none is recorded
+    (or the screening is not `clinic_id`'s, when given)."""
     row = await pool.fetchrow(
-        f"SELECT {DIAGNOSIS_COLUMNS} FROM diagnoses WHERE screening_id = $1", screening_id
+        f"SELECT {DIAGNOSIS_COLUMNS} FROM diagnoses WHERE screening_id = $1 AND screening_id IN"
+        f" (SELECT id FROM screenings WHERE id = $1 AND {VISIBLE.format(n=2)})",
+        screening_id,
+        clinic_id,
     )
     return None if row is None else dict(row)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -18,13 +19,13 @@ from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import make_celery
 
-from . import unavailable
+from . import auth, unavailable
 from .deps import Services
 from .methods import AllowedMethods
 from .metrics import MetricsMiddleware, record_rejection
 from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
-from .routes import diagnoses, health, models, screenings, training_runs
+from .routes import clinics, diagnoses, health, models, screenings, training_runs
 from .served_models import ServedModels
 from .settings import Settings, get_settings
 
@@ -37,10 +38,10 @@ FORM_OVERHEAD_BYTES: Final = 64 * 1024
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    if settings.OPERATOR_TOKEN is None:
+    if "OPERATOR_TOKEN" in os.environ:
         logger.warning(
-            "OPERATOR_TOKEN is unset: promote, rollback, training runs and diagnoses are open "
-            "to anyone who reaches this gateway"
+            "OPERATOR_TOKEN is set but no longer read: operators use API keys with the operator "
+            "scope (skinscreen-gateway-admin create-key --operator); remove it (docs/deploy.md)"
         )
     pool = await create_pool(
         settings.DATABASE_URL,
@@ -121,10 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.include_router(health.router)
     app.include_router(metrics_router)
+    # Every /v1 operation needs an API key (auth); /healthz, /readyz, /metrics and the docs don't.
     app.include_router(
-        unavailable.document(screenings.router, retry_after_s),
+        unavailable.document(auth.document(screenings.router), retry_after_s),
         max_body_size=upload_limit + FORM_OVERHEAD_BYTES,
     )
-    for router in (diagnoses.router, training_runs.router, models.router):
-        app.include_router(unavailable.document(router, retry_after_s))
+    for router in (diagnoses.router, training_runs.router, models.router, clinics.router):
+        app.include_router(unavailable.document(auth.document(router), retry_after_s))
     return app

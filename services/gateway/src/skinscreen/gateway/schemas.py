@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.decision import Reason
@@ -271,3 +271,94 @@ class DiagnosisOut(BaseModel):
     patient_id: str
     recorded_at: datetime
     updated_at: datetime
+
+
+# --- Clinics and API keys (operators; routes/clinics.py) -------------------------------------
+
+
+class ApiScope(StrEnum):
+    """The scopes a key may hold (skinscreen.runtime.accounts.Scope)."""
+
+    CLINICIAN = "clinician"
+    OPERATOR = "operator"
+
+
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+
+
+class ClinicIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = Field(description="Unique among clinics, 1-200 characters.")
+
+
+class ClinicOut(BaseModel):
+    id: UUID
+    name: str
+    created_at: datetime
+
+
+class ClinicList(BaseModel):
+    items: list[ClinicOut] = Field(description="Every clinic, by name.")
+
+
+class KeyIn(BaseModel):
+    """A new API key for the clinic in the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[ApiScope] = Field(
+        min_length=1,
+        max_length=2,
+        description="What the key may do: clinician (screen, read and list the clinic's "
+        "screenings, record their diagnoses), operator (models, training runs, clinics and "
+        "keys; reads every clinic's screenings), or both.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        None,
+        description="When the key stops working: a future time with its UTC offset, e.g. "
+        "2027-01-31T00:00:00Z; absent: never (revoke it instead).",
+    )
+    name: Name | None = Field(None, description="What the key is for, e.g. 'reception tablet'.")
+
+    @field_validator("scopes")
+    @classmethod
+    def _once_each(cls, scopes: list[ApiScope]) -> list[ApiScope]:
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("each scope at most once; allowed: clinician, operator")
+        return scopes
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, expires_at: datetime | None) -> datetime | None:
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise ValueError(
+                f"must be in the future (now: {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}); "
+                "to stop a key now, revoke it (DELETE /v1/keys/{key_id})"
+            )
+        return expires_at
+
+
+class KeyOut(BaseModel):
+    """An API key as stored: never the key itself."""
+
+    id: UUID
+    clinic_id: UUID | None
+    name: str | None
+    scopes: list[ApiScope]
+    prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None = Field(description="Updated at most once a minute.")
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(
+        description="The API key itself, shown this once: only its SHA-256 is stored. Send it "
+        "as 'Authorization: Bearer <key>'."
+    )
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut] = Field(description="The clinic's keys, revoked ones too, oldest first.")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
 from skinscreen.runtime.settings import SharedSettings
-
-MIN_OPERATOR_TOKEN_LENGTH = 16
 
 
 class Settings(SharedSettings):
@@ -73,21 +71,6 @@ class Settings(SharedSettings):
         description="How often the LISTEN connection is checked (a connection the network "
         "dropped without closing it is found this way and re-opened).",
     )
-    OPERATOR_TOKEN: SecretStr | None = Field(
-        None,
-        description="Bearer token for promote, rollback, training runs and diagnoses; unset: "
-        "those endpoints are open (logged at start). At least 16 characters.",
-    )
-
-    @field_validator("OPERATOR_TOKEN")
-    @classmethod
-    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and len(token.get_secret_value()) < MIN_OPERATOR_TOKEN_LENGTH:
-            raise ValueError(
-                f"must be at least {MIN_OPERATOR_TOKEN_LENGTH} characters (a short token is "
-                "guessed); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        return token
 
 
 @lru_cache

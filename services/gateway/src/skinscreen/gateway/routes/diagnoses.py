@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException, Response
 
 from skinscreen.runtime import screenings
 
+from ..auth import ScreeningReaderKey
 from ..deps import ServicesDep
-from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import UNPARSABLE_BODY, DiagnosisIn, DiagnosisOut, Problem
 from .screenings import PREFIX
 
@@ -18,20 +18,22 @@ router = APIRouter(prefix=PREFIX, tags=["diagnoses"])
 
 @router.post(
     "/{screening_id}/diagnosis",
-    dependencies=OPERATOR_ONLY,
     status_code=201,
     response_model=DiagnosisOut,
     summary="Record how a screened lesion was confirmed; the trainer can learn from it",
     responses={
         200: {"model": DiagnosisOut, "description": "Replaced the diagnosis recorded before."},
         201: {"description": "Recorded."},
-        404: {"model": Problem, "description": "No screening with this id."},
-        **OPERATOR_ERRORS,
+        404: {"model": Problem, "description": "No screening with this id that this key may see."},
         **UNPARSABLE_BODY,
     },
 )
 async def record_diagnosis(
-    screening_id: UUID, body: DiagnosisIn, response: Response, services: ServicesDep
+    screening_id: UUID,
+    body: DiagnosisIn,
+    response: Response,
+    services: ServicesDep,
+    principal: ScreeningReaderKey,
 ) -> DiagnosisOut:
     recorded = await screenings.record_diagnosis(
         services.pool,
@@ -39,6 +41,7 @@ async def record_diagnosis(
         diagnosis=body.diagnosis.value,
         confirmed_by=body.confirmed_by.value,
         patient_id=body.patient_id,
+        clinic_id=principal.visible_clinic,
     )
     if recorded is None:
         raise HTTPException(404, f"no screening with id {screening_id}")
@@ -54,8 +57,10 @@ async def record_diagnosis(
     summary="The confirmed diagnosis recorded for a screening",
     responses={404: {"model": Problem, "description": "No screening, or no diagnosis yet."}},
 )
-async def read_diagnosis(screening_id: UUID, services: ServicesDep) -> DiagnosisOut:
-    row = await screenings.get_diagnosis(services.pool, screening_id)
+async def read_diagnosis(
+    screening_id: UUID, services: ServicesDep, principal: ScreeningReaderKey
+) -> DiagnosisOut:
+    row = await screenings.get_diagnosis(services.pool, screening_id, principal.visible_clinic)
     if row is None:
         raise HTTPException(404, f"no diagnosis recorded for screening {screening_id}")
     return DiagnosisOut(**row)

@@ -10,8 +10,8 @@ from skinscreen.core.card import ModelIntegrityError
 from skinscreen.runtime import registry
 from skinscreen.runtime.artifacts import ArtifactNotFoundError
 
+from ..auth import Scope, require_scope
 from ..deps import ServicesDep
-from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
     UNPARSABLE_BODY,
     Activation,
@@ -27,8 +27,11 @@ PREFIX: Final = "/v1/models"
 
 router = APIRouter(prefix=PREFIX, tags=["models"])
 
+# Reading the registry: any valid key (a clinician may look up the version that scored it).
+ANY_KEY: Final = [require_scope()]
+OPERATOR_ONLY: Final = [require_scope(Scope.OPERATOR)]
+
 SWITCH_ERRORS: Final[dict[int | str, dict[str, object]]] = {
-    **OPERATOR_ERRORS,
     **UNPARSABLE_BODY,
     404: {"model": Problem, "description": "No such model or version."},
     409: {
@@ -60,6 +63,7 @@ def _out(version: registry.ModelVersion) -> ModelVersionOut:
 
 @router.get(
     "/{name}/versions",
+    dependencies=ANY_KEY,
     response_model=ModelVersionList,
     summary="Every registered version of a model, newest first",
     responses={404: {"model": Problem, "description": "No version of this model exists."}},
@@ -73,6 +77,7 @@ async def list_versions(name: Text, services: ServicesDep) -> ModelVersionList:
 
 @router.get(
     "/{name}/versions/{version}",
+    dependencies=ANY_KEY,
     response_model=ModelVersionOut,
     summary="One registered version",
     responses={404: {"model": Problem, "description": "No such version."}},
@@ -86,6 +91,7 @@ async def read_version(name: Text, version: Text, services: ServicesDep) -> Mode
 
 @router.get(
     "/{name}/activations",
+    dependencies=ANY_KEY,
     response_model=ActivationList,
     summary="The history of the model's active version: promotions and rollbacks",
 )

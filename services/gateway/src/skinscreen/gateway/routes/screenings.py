@@ -31,11 +31,11 @@ from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
+from ..auth import ClinicianKey, ScreeningReaderKey
 from ..deps import ServicesDep
 from ..errors import FIELDS as CLINICAL_FIELDS
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
 from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
-from ..metadata import stored_photo
 from ..schemas import (
     TERMINAL,
     UNPARSABLE_BODY,
@@ -304,6 +304,7 @@ async def create_screening(
     request: Request,
     response: Response,
     services: ServicesDep,
+    principal: ClinicianKey,
     image: Annotated[
         UploadFile,
         File(description=f"The lesion photo: {ALLOWED_DESCRIPTION}; EXIF orientation is applied."),
@@ -344,6 +345,8 @@ async def create_screening(
     ] = None,
 ) -> ScreeningAccepted:
     settings = services.settings
+    clinic_id = principal.clinic_id
+    assert clinic_id is not None, "a clinician key belongs to a clinic"
     key = _idempotency_key(request, idempotency_key)
     form = await request.form()
     _check_form_parts(form)
@@ -363,20 +366,18 @@ async def create_screening(
         # A retry is answered as the first request was, whatever has changed since (a model
         # retired, a limit lowered): the screening exists.
         request_sha256 = _request_sha256(clinical_input, sent_model, image_sha256)
-        keyed = await screenings.by_idempotency_key(services.pool, key)
+        keyed = await screenings.by_idempotency_key(services.pool, key, clinic_id)
         if keyed is not None:
             return _replay(response, key, keyed, request_sha256)
     served = await _served_model(services, name, clinical_input)
     try:
         checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
-        # Stored without its metadata (location, device, names), pixels untouched.
-        stored = await run_in_threadpool(stored_photo, data, checked.format)
     except RejectedImageError as exc:
         raise HTTPException(exc.status, str(exc), headers=exc.headers) from exc
 
     screening_id = uuid4()
     blob_key = services.blobs.key_for(screening_id, checked.extension)
-    await run_in_threadpool(services.blobs.put, blob_key, stored.data)
+    await run_in_threadpool(services.blobs.put, blob_key, data)
     try:
         created = await screenings.create(
             services.pool,
@@ -385,10 +386,9 @@ async def create_screening(
             clinical=None if clinical_input is None else clinical_input.model_dump(mode="json"),
             image_key=blob_key,
             image_format=checked.format,
-            # The stored file's (the blob can be checked against them); the upload's sha256
-            # only identifies a retried request (request_sha256).
-            image_bytes=len(stored.data),
-            image_sha256=stored.sha256,
+            image_bytes=len(data),
+            image_sha256=image_sha256,
+            clinic_id=clinic_id,
             idempotency_key=key,
             request_sha256=request_sha256,
         )
@@ -400,7 +400,7 @@ async def create_screening(
         services.blobs.delete(blob_key)
         assert key is not None
         assert request_sha256 is not None
-        keyed = await screenings.by_idempotency_key(services.pool, key)
+        keyed = await screenings.by_idempotency_key(services.pool, key, clinic_id)
         if keyed is None:
             # ... and its task was refused by the queue meanwhile, so it removed it again.
             raise HTTPException(503, "the screening queue is unavailable; try again later")
@@ -448,11 +448,18 @@ async def _served_model(
     "/{screening_id}",
     response_model=Screening,
     summary="Read a screening; with ?wait=N, hold until it finishes or N seconds pass",
-    responses={404: {"model": Problem, "description": "No screening with this id."}},
+    responses={
+        404: {
+            "model": Problem,
+            "description": "No screening with this id that this key may see (another clinic's "
+            "screening reads exactly as one that does not exist).",
+        }
+    },
 )
 async def read_screening(
     screening_id: UUID,
     services: ServicesDep,
+    principal: ScreeningReaderKey,
     wait: Annotated[
         float,
         Query(
@@ -463,7 +470,7 @@ async def read_screening(
     ] = 0,
 ) -> Screening:
     async def fetch() -> asyncpg.Record:
-        row = await screenings.get(services.pool, screening_id)
+        row = await screenings.get(services.pool, screening_id, principal.visible_clinic)
         if row is None:
             raise HTTPException(404, f"no screening with id {screening_id}")
         return row
@@ -485,13 +492,15 @@ async def read_screening(
 @router.get(
     "",
     response_model=ScreeningPage,
-    summary="List screenings, newest first, with cursor pagination",
+    summary="List screenings, newest first, with cursor pagination: a clinician's key lists "
+    "its clinic's, an operator's every clinic's",
     responses={
         422: {"model": ValidationProblem, "description": "Bad limit, cursor or model name."}
     },
 )
 async def list_screenings(
     services: ServicesDep,
+    principal: ScreeningReaderKey,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None, Query(description="next_cursor of the previous page; omit for the first.")
@@ -499,9 +508,19 @@ async def list_screenings(
     model: Annotated[
         Text | None, Query(description="Only the screenings sent to this model.")
     ] = None,
+    clinic: Annotated[
+        UUID | None,
+        Query(
+            description="Only this clinic's screenings (for operators; a clinician's key sees "
+            "its own clinic's only, whatever this says)."
+        ),
+    ] = None,
 ) -> ScreeningPage:
+    visible = principal.visible_clinic
+    if visible is not None and clinic not in (None, visible):
+        return ScreeningPage(items=[], next_cursor=None)
     try:
-        page = await screenings.list_page(services.pool, limit, cursor, model)
+        page = await screenings.list_page(services.pool, limit, cursor, model, visible or clinic)
     except screenings.InvalidCursorError as exc:
         raise _unprocessable(
             [

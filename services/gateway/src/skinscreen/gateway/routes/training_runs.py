@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from skinscreen.runtime import training_runs
 from skinscreen.runtime.training_runs import REQUESTS, TrainingRequest, parse_training_request
 
+from ..auth import Scope, require_scope
 from ..deps import ServicesDep
-from ..operators import OPERATOR_ERRORS, OPERATOR_ONLY
 from ..schemas import (
     UNPARSABLE_BODY,
     FieldError,
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 PREFIX: Final = "/v1/training-runs"
 
-router = APIRouter(prefix=PREFIX, tags=["training"])
+# Every operation, reads too: operators only.
+router = APIRouter(prefix=PREFIX, tags=["training"], dependencies=[require_scope(Scope.OPERATOR)])
 
 
 def _links(run_id: UUID) -> TrainingRunLinks:
@@ -74,7 +75,6 @@ _REQUEST_BODY: Final = {
 @router.post(
     "",
     status_code=202,
-    dependencies=OPERATOR_ONLY,
     response_model=TrainingRunAccepted,
     summary="Start a training run on the trainer's queue, with the recipe of the model it names",
     openapi_extra=_REQUEST_BODY,
@@ -87,7 +87,6 @@ _REQUEST_BODY: Final = {
             "is not in the layout the model's recipe reads); nothing is queued.",
         },
         503: {"model": Problem, "description": "The training queue could not take the run."},
-        **OPERATOR_ERRORS,
         **UNPARSABLE_BODY,
     },
 )
@@ -152,13 +151,11 @@ async def list_training_runs(
 
 @router.post(
     "/{run_id}/cancel",
-    dependencies=OPERATOR_ONLY,
     response_model=TrainingRun,
     summary="Cancel a run: a queued one at once, a running one at its next epoch",
     responses={
         404: {"model": Problem, "description": "No run with this id."},
         409: {"model": Problem, "description": "The run already finished."},
-        **OPERATOR_ERRORS,
     },
 )
 async def cancel_training_run(run_id: UUID, services: ServicesDep) -> TrainingRun:
