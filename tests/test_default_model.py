@@ -1,5 +1,9 @@
 """The model shipped in models/: intact, its card recomputable from its run's predictions,
-the previous version kept for rollback, and serving the contract on real photos."""
+the previous version kept for rollback, and serving the contract on real photos.
+
+The newest version may be derived from the run's version without retraining (the same
+weights in a leaner graph, `derived_from` on its card): the run's report then describes the
+version it was derived from, and the derived one must give that version's outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from skinscreen.core.card import latest_version, verified_model
+from skinscreen.core.card import ModelCard, latest_version, read_card, verified_model
 from skinscreen.core.decision import MELANOMA_INDEX, DecisionRule
 from skinscreen.core.pad_ufes import load_pad_ufes
 from skinscreen.trainer.training import load_images
@@ -35,12 +39,30 @@ def shipped() -> Path:
     return latest_version(REPO / "models", MODEL_NAME)
 
 
+def trained_version(folder: Path) -> Path:
+    """The version a derived one was made from, through any chain; itself if trained."""
+    card = read_card(folder)
+    while card.derived_from is not None:
+        folder = folder.parent / card.derived_from.version
+        card = read_card(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(shipped: Path) -> Path:
+    return trained_version(shipped)
+
+
+def _without_identity(card: ModelCard) -> dict[str, object]:
+    return card.model_dump(exclude={"version", "created_at", "sha256", "derived_from"})
+
+
 @pytest.fixture(scope="module")
 def saved() -> SavedOutOfFold:
     return SavedOutOfFold.load(REPORT / "validation.npz")
 
 
-def test_shipped_model_matches_its_card_and_report(shipped: Path) -> None:
+def test_shipped_model_matches_its_card_and_report(shipped: Path, trained: Path) -> None:
     model_path, card = verified_model(shipped)  # raises on a sha256 mismatch
     assert card.name == MODEL_NAME
     assert card.version == shipped.name
@@ -49,12 +71,41 @@ def test_shipped_model_matches_its_card_and_report(shipped: Path) -> None:
     assert card.out_of_sample is not None
     assert (card.out_of_sample.repeats, card.out_of_sample.folds) == (3, 5)
     assert model_path.stat().st_size < 50_000_000
-    # docs/default-model is the report of the run that made this very file.
+    # docs/default-model is the report of the run that made this very file, or the file
+    # this one was derived from.
+    _, trained_card = verified_model(trained)
     report = json.loads((REPORT / "report.json").read_text())
-    assert report["model"] == {"name": card.name, "version": card.version, "sha256": card.sha256}
+    assert report["model"] == {
+        "name": trained_card.name,
+        "version": trained_card.version,
+        "sha256": trained_card.sha256,
+    }
     assert json.loads((REPORT / "card.json").read_text()) == json.loads(
-        (shipped / "card.json").read_text()
+        (trained / "card.json").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        folder
+        for folder in sorted((REPO / "models").glob("*/*"))
+        if (folder / "card.json").is_file() and read_card(folder).derived_from is not None
+    ],
+    ids=lambda folder: f"{folder.parent.name}/{folder.name}",
+)
+def test_a_derived_version_is_its_origin_in_a_new_graph(folder: Path) -> None:
+    """Its card is the origin's but for version, created_at, sha256 and derived_from (the
+    figures were measured on the origin), the origin is kept for rollback, and it is newer."""
+    _, card = verified_model(folder)
+    assert card.derived_from is not None
+    _, origin = verified_model(folder.parent / card.derived_from.version)
+    assert origin.sha256 == card.derived_from.sha256 != card.sha256
+    assert _without_identity(card) == _without_identity(origin)
+    assert card.version > origin.version
+    assert card.derived_from.max_difference <= 1e-5
+    assert card.derived_from.photos >= 40
+    assert card.derived_from.reason
 
 
 def test_card_thresholds_and_figures_follow_from_the_runs_predictions(
@@ -126,6 +177,14 @@ def test_shipped_model_scores_real_photos(shipped: Path, pad_ufes_dir: Path) -> 
     rule = DecisionRule.from_card(card)
     flagged = rule.suspicious(cancer, diagnoses[:, MELANOMA_INDEX])
     assert flagged[subset.labels == 1].mean() > flagged[subset.labels == 0].mean()
+    # A derived version gives the outputs of the version it was made from.
+    if shipped != (trained := trained_version(shipped)):
+        origin = ort.InferenceSession(
+            str(verified_model(trained)[0]), providers=["CPUExecutionProvider"]
+        )
+        before = origin.run(None, {"image": images, "clinical": subset.clinical})
+        np.testing.assert_allclose(cancer, before[0], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(diagnoses, before[1], atol=1e-5, rtol=0)
     # One by one gives the same answers as one batch: the batch axis is really dynamic.
     one_by_one = np.concatenate(
         [

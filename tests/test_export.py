@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from skinscreen.trainer.export import ExportError, export_onnx
+from skinscreen.core.card import ModelCard, file_sha256, latest_version, publish, read_card
+from skinscreen.trainer.export import ExportError, export_onnx, reexport
 from skinscreen.trainer.model import (
     ModelSpec,
     SamePadConv2d,
     ScreeningEnsemble,
     build_model,
+    save_checkpoint,
     static_padding,
 )
+from tests.conftest import REPO
 
 
 def _ensemble(
@@ -146,3 +150,50 @@ def test_fixed_padding_refuses_another_input_size() -> None:
         with pytest.raises(ValueError, match=r"fixed for \[8, 8\]"):
             layer(torch.zeros(1, 3, 10, 10))
     assert layer.fixed_input_size is None
+
+
+def test_reexport_derives_a_new_version_with_the_same_outputs(tmp_path: Path) -> None:
+    """A published version's checkpoint exported again: same outputs, the card the old one's
+    with a new version, time and sha256 and `derived_from`; another model's checkpoint is
+    refused."""
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="efficientnet-lite0", image_size=64)
+    model = ScreeningEnsemble([build_model(spec, pretrained=False).eval()], shared_trunk=True)
+    save_checkpoint(model, tmp_path / "checkpoint.pt")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    clinical = _inputs(4)[1]
+    export_onnx(model, tmp_path / "old.onnx", images, clinical)
+    shipped = read_card(latest_version(REPO / "models", "skinscreen-fusion"))
+    old_card = ModelCard.model_validate(
+        {
+            **shipped.model_dump(exclude={"derived_from"}),
+            "version": "20260101.000000",
+            "input_size": 64,
+            "sha256": file_sha256(tmp_path / "old.onnx"),
+        }
+    )
+    published = publish(tmp_path / "store", tmp_path / "old.onnx", old_card)
+
+    created = datetime(2026, 1, 2, tzinfo=UTC)
+    new = tmp_path / "new.onnx"
+    card = reexport(tmp_path / "checkpoint.pt", published, images, clinical, new, "leaner", created)
+    assert card.version == "20260102.000000"
+    assert card.created_at == created
+    # (the same exporter both times, so here the same bytes)
+    assert card.sha256 == file_sha256(new)
+    assert card.derived_from is not None
+    assert card.derived_from.version == old_card.version
+    assert card.derived_from.sha256 == old_card.sha256
+    assert card.derived_from.max_difference <= 1e-5
+    assert card.derived_from.photos == 4
+    assert card.model_dump(exclude={"version", "created_at", "sha256", "derived_from"}) == (
+        old_card.model_dump(exclude={"version", "created_at", "sha256", "derived_from"})
+    )
+    publish(tmp_path / "store", tmp_path / "new.onnx", card)
+
+    torch.manual_seed(1)
+    other = ScreeningEnsemble([build_model(spec, pretrained=False).eval()], shared_trunk=True)
+    save_checkpoint(other, tmp_path / "other.pt")
+    with pytest.raises(ExportError, match=r"differs from 20260101\.000000"):
+        reexport(tmp_path / "other.pt", published, images, clinical, tmp_path / "x.onnx", "x")

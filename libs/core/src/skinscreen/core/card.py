@@ -71,6 +71,20 @@ class OutOfSample(BaseModel):
     )
 
 
+class Derivation(BaseModel):
+    """How a version was made from an earlier one of the same name without retraining (the
+    same weights exported again): the card is that version's but for version, created_at,
+    sha256 and this."""
+
+    version: str = Field(description="The version it was derived from.")
+    sha256: str = Field(description="sha256 of that version's model.onnx.")
+    reason: str
+    max_difference: float = Field(
+        description="Largest |this - that| of any output, over `photos` real photos."
+    )
+    photos: int
+
+
 class ModelCard(BaseModel):
     """What a published model is, how it was made and how well it did."""
 
@@ -116,6 +130,12 @@ class ModelCard(BaseModel):
         description="The ONNX graph's inputs: ('image', 'clinical') for the fusion model "
         "(an image-only fusion model keeps `clinical` and ignores it); ('image',) for a model "
         "that takes the photo alone, for which clinical answers are optional.",
+    )
+
+    derived_from: Derivation | None = Field(
+        None,
+        description="Set when this version is an earlier one's weights in a new graph "
+        "(e.g. re-exported leaner): its figures are that version's, not measured again.",
     )
 
     @field_validator("inputs")

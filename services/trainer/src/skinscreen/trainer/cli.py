@@ -146,6 +146,38 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_reexport(args: argparse.Namespace) -> int:
+    """Export a published version's checkpoint again as a new version (no retraining)."""
+    import tempfile
+
+    import numpy as np
+
+    from skinscreen.core.card import publish, read_card
+    from skinscreen.core.pad_ufes import load_pad_ufes
+    from skinscreen.trainer.export import REEXPORT_PHOTOS, reexport
+    from skinscreen.trainer.training import load_images
+
+    published = Path(args.published)
+    dataset = load_pad_ufes(Path(args.data))
+    rows = np.linspace(0, len(dataset) - 1, min(REEXPORT_PHOTOS, len(dataset))).astype(int)
+    subset = dataset.subset(rows)
+    size = read_card(published).input_size
+    images = load_images(subset, size).numpy()
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "model.onnx"
+        card = reexport(
+            Path(args.checkpoint), published, images, subset.clinical, output, args.reason
+        )
+        destination = publish(Path(args.store), output, card)
+    assert card.derived_from is not None
+    print(
+        f"published {card.name} {card.version} at {destination}, derived from "
+        f"{card.derived_from.version}; max |new - old| = {card.derived_from.max_difference:.1e}"
+        f" over {len(images)} photos"
+    )
+    return 0
+
+
 def command_publish(args: argparse.Namespace) -> int:
     """Publish a run folder's model.onnx and card.json into a store."""
     from skinscreen.core.card import publish, read_card
@@ -185,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", required=True, help="PAD-UFES-20 folder for the parity check")
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.set_defaults(handler=command_export)
+
+    again = commands.add_parser(
+        "reexport",
+        help="export a published version's checkpoint again as a new version, checked to "
+        "give the same outputs (no retraining)",
+    )
+    again.add_argument("--checkpoint", required=True, help="checkpoint.pt of the version's run")
+    again.add_argument("--published", required=True, help="published folder <store>/<name>/<v>")
+    again.add_argument("--data", required=True, help="PAD-UFES-20 folder: photos to compare on")
+    again.add_argument("--store", default="var/models", help="model store to publish into")
+    again.add_argument(
+        "--reason",
+        default="the same weights exported again with TF SAME padding folded into the "
+        "convolutions (issue 17): a leaner, faster graph",
+    )
+    again.set_defaults(handler=command_reexport)
 
     publish_parser = commands.add_parser("publish", help="publish a run folder into a store")
     publish_parser.add_argument(

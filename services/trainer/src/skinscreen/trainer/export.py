@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -21,10 +22,17 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from skinscreen.core.card import CANCER_OUTPUT, DIAGNOSIS_OUTPUT
+from skinscreen.core.card import (
+    CANCER_OUTPUT,
+    DIAGNOSIS_OUTPUT,
+    Derivation,
+    ModelCard,
+    file_sha256,
+    verified_model,
+)
 from skinscreen.core.clinical import N_CLINICAL
 from skinscreen.core.pad_ufes import DIAGNOSES
-from skinscreen.trainer.model import ScreeningEnsemble, static_padding
+from skinscreen.trainer.model import ScreeningEnsemble, load_checkpoint, static_padding
 
 OPSET: Final = 17
 PARITY_TOLERANCE: Final = 1e-4
@@ -183,3 +191,63 @@ def _verify(path: Path, feeds: dict[str, np.ndarray], references: dict[str, np.n
             f"(allowed {PARITY_TOLERANCE:.0e}); the export is not faithful"
         )
     return difference
+
+
+REEXPORT_PHOTOS: Final = 64
+REEXPORT_TOLERANCE: Final = 1e-5
+
+
+def reexport(
+    checkpoint: Path,
+    published: Path,
+    images: np.ndarray,
+    clinical: np.ndarray,
+    output: Path,
+    reason: str,
+    created: datetime | None = None,
+) -> ModelCard:
+    """Export a published version's checkpoint again, as a new version of the same name.
+
+    Nothing is retrained: the weights are the checkpoint's, the card the published one's
+    but for version, created_at, sha256 and `derived_from`. Beside the export's own parity
+    check against PyTorch, the new graph must give the published graph's outputs to
+    REEXPORT_TOLERANCE on `images` and `clinical` (real photos, preprocessed as served),
+    or nothing is written but `output`. Returns the new card; `publish` it with `output`.
+    """
+    old_path, old_card = verified_model(published)
+    model, _ = load_checkpoint(checkpoint)
+    if model.spec.image_size != old_card.input_size or model.output_names != old_card.outputs:
+        raise ExportError(
+            f"{checkpoint} is not the checkpoint of {old_card.name} {old_card.version}: "
+            f"input size {model.spec.image_size}, outputs {list(model.output_names)}"
+        )
+    rows = parity_rows(len(images))
+    export_onnx(model, output, images[rows], clinical[rows])
+    feeds = {"image": images, "clinical": clinical}
+    old = ort.InferenceSession(str(old_path), providers=["CPUExecutionProvider"])
+    new = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    difference = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(old.run(None, feeds), new.run(None, feeds), strict=True)
+    )
+    if difference > REEXPORT_TOLERANCE:
+        raise ExportError(
+            f"the re-export differs from {old_card.version} by {difference:.2e} "
+            f"(allowed {REEXPORT_TOLERANCE:.0e}); not published"
+        )
+    created = created or datetime.now(UTC)
+    return ModelCard.model_validate(
+        {
+            **old_card.model_dump(),
+            "version": created.strftime("%Y%m%d.%H%M%S"),
+            "created_at": created,
+            "sha256": file_sha256(output),
+            "derived_from": Derivation(
+                version=old_card.version,
+                sha256=old_card.sha256,
+                reason=reason,
+                max_difference=difference,
+                photos=len(images),
+            ),
+        }
+    )
