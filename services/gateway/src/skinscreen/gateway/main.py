@@ -19,7 +19,7 @@ from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
 from skinscreen.runtime.queue import make_celery
 
-from . import auth, unavailable
+from . import auth, security, unavailable
 from .deps import Services
 from .methods import AllowedMethods
 from .metrics import MetricsMiddleware, record_rejection
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the metrics middleware, which then counts its OPTIONS and 405 answers too.
     app.add_middleware(AllowedMethods)
     app.add_middleware(MetricsMiddleware)
+    # Outermost: security headers on every answer; CORS only for CORS_ALLOW_ORIGINS.
+    security.install(app, settings.CORS_ALLOW_ORIGINS, settings.HSTS_MAX_AGE_S)
     app.include_router(health.router)
     app.include_router(metrics_router)
     # Every /v1 operation needs an API key (auth); /healthz, /readyz, /metrics and the docs don't.

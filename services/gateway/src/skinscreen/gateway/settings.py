@@ -37,6 +37,17 @@ class Settings(SharedSettings):
     )
     MAX_WAIT_S: float = Field(30.0, gt=0, le=30, description="Upper bound of ?wait=N.")
     DB_POOL_SIZE: int = Field(10, gt=0)
+    CORS_ALLOW_ORIGINS: str = Field(
+        "",
+        description="Comma-separated origins (e.g. https://app.example.org) whose web pages may "
+        "call the API; empty: no CORS header is ever sent, so no other origin's page reads it.",
+    )
+    HSTS_MAX_AGE_S: int = Field(
+        0,
+        ge=0,
+        description="Strict-Transport-Security max-age on every answer; 0: not sent. Set only "
+        "when the gateway is reached over HTTPS alone (e.g. 31536000 behind a TLS ingress).",
+    )
     # Fail fast: a request never waits long on a server that is down; it is answered 503 with
     # Retry-After (main.py), and /readyz takes the pod out of the Service meanwhile.
     DB_CONNECT_TIMEOUT_S: float = Field(

@@ -36,6 +36,7 @@ from ..deps import ServicesDep
 from ..errors import FIELDS as CLINICAL_FIELDS
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
 from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
+from ..metadata import stored_photo
 from ..schemas import (
     TERMINAL,
     UNPARSABLE_BODY,
@@ -372,12 +373,14 @@ async def create_screening(
     served = await _served_model(services, name, clinical_input)
     try:
         checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
+        # Stored without its metadata (location, device, names), pixels untouched.
+        stored = await run_in_threadpool(stored_photo, data, checked.format)
     except RejectedImageError as exc:
         raise HTTPException(exc.status, str(exc), headers=exc.headers) from exc
 
     screening_id = uuid4()
     blob_key = services.blobs.key_for(screening_id, checked.extension)
-    await run_in_threadpool(services.blobs.put, blob_key, data)
+    await run_in_threadpool(services.blobs.put, blob_key, stored.data)
     try:
         created = await screenings.create(
             services.pool,
@@ -386,8 +389,10 @@ async def create_screening(
             clinical=None if clinical_input is None else clinical_input.model_dump(mode="json"),
             image_key=blob_key,
             image_format=checked.format,
-            image_bytes=len(data),
-            image_sha256=image_sha256,
+            # The stored file's (the blob can be checked against them); the upload's sha256
+            # only identifies a retried request (request_sha256).
+            image_bytes=len(stored.data),
+            image_sha256=stored.sha256,
             clinic_id=clinic_id,
             idempotency_key=key,
             request_sha256=request_sha256,
