@@ -1,10 +1,11 @@
 """Dynamic batching: screenings from many worker threads become one ONNX Runtime call.
 
 Celery runs each task in a thread; the task decodes its photo and hands it to
-the batcher, which waits for up to `max_batch_size` screenings or `max_wait_ms`
-after the first, runs the model once, writes all results in one statement and
-only then releases the tasks, so Celery acknowledges a message only once its
-result is in PostgreSQL. Each batch is scored by the version `ActiveModel`
+the batcher, which takes the screenings already waiting and then waits for up to
+`max_batch_size` screenings or `max_wait_ms` after the first (the defaults depend on
+the provider: see `settings.BATCHING_BY_PROVIDER`), runs the model once, writes all
+results in one statement and only then releases the tasks, so Celery acknowledges a
+message only once its result is in PostgreSQL. Each batch is scored by the version `ActiveModel`
 serves when the batch starts; if that version was retired meanwhile, the
 batch is scored again by the new one, so every result carries a version that
 was active when it was written.
@@ -140,6 +141,10 @@ class Batcher:
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None
         batch = [await self._queue.get()]
+        # Screenings already waiting (they arrived while the last batch ran) join at once,
+        # even with no wait at all (MAX_WAIT_MS=0, the CPU default).
+        while len(batch) < self.max_batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 from pydantic import Field, model_validator
 
@@ -11,12 +13,44 @@ from skinscreen.runtime.settings import SharedSettings
 from .reconciler import ReconcilerSettings
 
 
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    max_wait_ms: float
+
+
+# MAX_BATCH_SIZE and MAX_WAIT_MS when unset, by the provider the worker will run on (the
+# first of `model.providers()`). On a GPU one call on many photos costs little more than
+# on one, so batches are large and worth a short wait. On a CPU a batch of 16 is no faster
+# per photo than a batch of 1 (docs/benchmarks.md: the lean fusion graph ran 42, 41 and 28
+# photos/s at batch 1, 4 and 16 on 2 cores), so waiting only adds latency: no wait, and
+# small batches of whatever is already queued, which still share one database write.
+BATCHING_BY_PROVIDER: Final[dict[str, Batching]] = {
+    "CUDAExecutionProvider": Batching(max_batch_size=32, max_wait_ms=10.0),
+    "CPUExecutionProvider": Batching(max_batch_size=4, max_wait_ms=0.0),
+}
+
+
+def batching_defaults() -> Batching:
+    from .model import providers  # onnxruntime: only when a default is needed
+
+    return BATCHING_BY_PROVIDER[providers()[0]]
+
+
 class Settings(SharedSettings):
     """The worker's own knobs, on top of those it shares with the gateway."""
 
-    MAX_BATCH_SIZE: int = Field(16, gt=0, description="Most screenings in one ONNX Runtime call.")
+    MAX_BATCH_SIZE: int = Field(
+        default_factory=lambda: batching_defaults().max_batch_size,
+        gt=0,
+        description="Most screenings in one ONNX Runtime call; unset: by provider "
+        "(BATCHING_BY_PROVIDER).",
+    )
     MAX_WAIT_MS: float = Field(
-        10.0, ge=0, description="Longest wait for a batch to fill after its first screening."
+        default_factory=lambda: batching_defaults().max_wait_ms,
+        ge=0,
+        description="Longest wait for a batch to fill after its first screening (those "
+        "already waiting always join); unset: by provider (BATCHING_BY_PROVIDER).",
     )
     CONCURRENCY: int = Field(
         0, ge=0, description="Tasks held at once (worker threads); 0 means 2 x MAX_BATCH_SIZE."
