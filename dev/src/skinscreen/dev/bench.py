@@ -3,7 +3,8 @@
 Starts the stack on embedded servers (or uses --url with DATABASE_URL and a
 clinician's API key in SKINSCREEN_API_KEY), posts
 real PAD-UFES-20 photos from many concurrent clients, and measures in the same
-run, on the same machine, the raw ONNX Runtime throughput of the same model.
+run, on the same machine, the raw ONNX Runtime throughput of the same model and an
+in-process FastAPI server's on the same model, photos and client (`baseline`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import aiohttp
 import asyncpg
 import numpy as np
 
+from skinscreen.core.card import CARD_FILE, MODEL_FILE
 from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.inference.model import load_version
 from skinscreen.inference.settings import Settings
 from skinscreen.runtime import registry
+from skinscreen.runtime.artifacts import fetch_model
 
+from . import baseline
 from .embedded import free_port
 from .stack import Stack
 
@@ -90,6 +94,9 @@ async def screen_one(session: aiohttp.ClientSession, photo: Photo, model: str) -
     form.add_field("model", model)
     async with session.post("/v1/screenings", data=form) as response:
         response.raise_for_status()
+        if response.status == 200:  # the in-process baseline answers with the result
+            await response.read()
+            return time.perf_counter() - started
         location = response.headers["Location"]
     while True:
         async with session.get(location, params={"wait": "30"}) as response:
@@ -162,6 +169,24 @@ async def batch_sizes(database_url: str, since: datetime) -> Counter[int]:
     return Counter({row["size"]: row["batches"] for row in rows})
 
 
+def baseline_throughput(
+    settings: Settings, photos: list[Photo], args: argparse.Namespace
+) -> tuple[float, list[float]]:
+    """Screenings per second, and latencies, of the in-process baseline on the active model."""
+    version = asyncio.run(active_version(settings))
+    data, card = fetch_model(version.artifact_uri, version.sha256)
+    with tempfile.TemporaryDirectory(prefix="skinscreen-baseline-") as folder:
+        (Path(folder) / MODEL_FILE).write_bytes(data)
+        (Path(folder) / CARD_FILE).write_text(card.model_dump_json())
+        log = Path(folder) / "baseline.log"
+        with baseline.serving(Path(folder), settings.INTRA_OP_THREADS, log) as url:
+            started = time.perf_counter()
+            latencies = asyncio.run(
+                closed_loop(url, photos, settings.MODEL_NAME, args.clients, args.duration)
+            )
+            return len(latencies) / (time.perf_counter() - started), latencies
+
+
 def percentiles(latencies: list[float]) -> str:
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return "p50 {:.0f} ms, p95 {:.0f} ms, p99 {:.0f} ms".format(
@@ -188,7 +213,14 @@ def run(args: argparse.Namespace, photos: list[Photo], url: str, settings: Setti
     raw_after = raw_throughput(settings, photos, args.raw_duration)
     raw = (raw_before + raw_after) / 2
     print(f"raw ONNX Runtime again: {raw_after:.1f} screenings/s; mean {raw:.1f}")
-    print(f"ratio end to end / raw: {throughput / raw:.2f}")
+    # The peer: the same model, photos and client against a plain FastAPI server that
+    # scores in the request (skinscreen.dev.baseline), while the stack stands idle.
+    baseline, baseline_latencies = baseline_throughput(settings, photos, args)
+    print(f"in-process FastAPI baseline, {args.clients} clients: {baseline:.1f} screenings/s "
+          f"({len(baseline_latencies)} in {args.duration:.0f} s); "
+          f"{percentiles(baseline_latencies)}")  # fmt: skip
+    print(f"ratio end to end / raw: {throughput / raw:.2f}; "
+          f"end to end / in-process: {throughput / baseline:.2f}")  # fmt: skip
 
     half = asyncio.run(open_loop(url, photos, model, throughput / 2, args.duration))
     print(f"at half saturation ({throughput / 2:.1f}/s): {percentiles(half)}")
