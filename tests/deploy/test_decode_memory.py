@@ -27,7 +27,7 @@ from PIL import Image
 
 from skinscreen.runtime.commands import WORKER_COMMAND
 from tests.conftest import DESIGN_EXAMPLE, REPO
-from tests.serving.conftest import Process, start_worker
+from tests.serving.conftest import Process, create_keys, start_worker
 
 from .conftest import start_gateway
 
@@ -111,9 +111,9 @@ def photos() -> dict[str, list[bytes]]:
     }
 
 
-def post(url: str, data: bytes, name: str) -> httpx.Response:
+def post(url: str, headers: dict[str, str], data: bytes, name: str) -> httpx.Response:
     """POST as a phone app would; a 503 (decode memory busy) is tried again after Retry-After."""
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
         for _ in range(10):
             response = client.post(
                 "/v1/screenings",
@@ -132,6 +132,7 @@ def test_worst_case_photos_at_once_stay_under_the_pods_memory_limits(
     gateway_limit = memory_limit("gateway.yaml", "gateway")
     worker_limit = memory_limit("inference.yaml", "inference")
     env = {**deploy_env, "CONCURRENCY": "16", "MAX_BATCH_SIZE": "16"}
+    keys = create_keys(deploy_env["DATABASE_URL"])
     worker = Process(WORKER_COMMAND, env, tmp_path / "worker.log")
     worker.start()
     gateway = None
@@ -143,7 +144,7 @@ def test_worst_case_photos_at_once_stay_under_the_pods_memory_limits(
         uploads += [(data, "over.png") for data in photos["over"]]
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
-            answers = list(pool.map(lambda upload: post(url, *upload), uploads))
+            answers = list(pool.map(lambda upload: post(url, keys.clinician, *upload), uploads))
         accepted: list[str] = []
         for (_, name), answer in zip(uploads, answers, strict=True):
             if answer.status_code == 202:
@@ -155,7 +156,7 @@ def test_worst_case_photos_at_once_stay_under_the_pods_memory_limits(
                 detail: Any = answer.json()["detail"]
                 assert "at most 50000000 allowed" in str(detail), detail
         assert len(accepted) == N_PNGS + N_JPEGS
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, headers=keys.clinician, timeout=60) as client:
             for location in accepted:
                 deadline = time.monotonic() + 90
                 while True:

@@ -20,6 +20,7 @@ from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     Database,
     Process,
+    create_keys,
     hold_long_poll,
     start_worker,
     with_application_name,
@@ -42,6 +43,7 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
     answered, with the result written after the signal. No worker consumes this module's
     queue, so only the test's write can finish the screening."""
     database = Database(deploy_env["DATABASE_URL"])
+    keys = create_keys(deploy_env["DATABASE_URL"])
     env = {
         **deploy_env,
         "DATABASE_URL": with_application_name(deploy_env["DATABASE_URL"], DRAINING_GATEWAY),
@@ -60,12 +62,14 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
         ),
         "both uvicorn workers listen for finished screenings",
     )
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, headers=keys.clinician, timeout=30) as client:
         accepted = submit(client, 1)
     assert accepted.status_code == 202, accepted.text
     screening_id = accepted.json()["id"]
     try:
-        held = hold_long_poll(url, accepted.headers["location"], database, DRAINING_GATEWAY)
+        held = hold_long_poll(
+            url, accepted.headers["location"], database, DRAINING_GATEWAY, keys.clinician
+        )
         poller, in_flight = held.thread, held.answer
         assert process.popen is not None
         process.popen.send_signal(signal.SIGTERM)
@@ -106,10 +110,11 @@ def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
     deploy_env: dict[str, str], tmp_path: Path
 ) -> None:
     database = Database(deploy_env["DATABASE_URL"])
+    keys = create_keys(deploy_env["DATABASE_URL"])
     broker = Redis.from_url(deploy_env["REDIS_URL"])
     gateway, url = start_gateway(deploy_env, tmp_path / "gateway.log")
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, headers=keys.clinician, timeout=30) as client:
             for seed in range(N_SCREENINGS):
                 assert submit(client, seed).status_code == 202
         # The module's database and queue hold this test's screenings alone.

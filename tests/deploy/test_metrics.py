@@ -20,7 +20,7 @@ from skinscreen.gateway.queue_metrics import screening_id_of
 from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import QUEUE
 from tests.conftest import DESIGN_EXAMPLE, REPO
-from tests.serving.conftest import Database, Process, start_worker
+from tests.serving.conftest import Database, Process, create_keys, start_worker
 from tests.waiting import wait_until
 
 from .conftest import Scrape, photo, start_gateway, submit
@@ -35,6 +35,8 @@ class Stack:
     multiproc_dir: Path
     database: Database
     folder: Path
+    # A clinician's API key, as headers.
+    headers: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,8 @@ def stack(deploy_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     multiproc_dir.mkdir()
     env = {**deploy_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
     gateway, url = start_gateway(env, folder / "gateway.log", "--workers", "2")
-    yield Stack(env, url, multiproc_dir, Database(env["DATABASE_URL"]), folder)
+    keys = create_keys(env["DATABASE_URL"])
+    yield Stack(env, url, multiproc_dir, Database(env["DATABASE_URL"]), folder, keys.clinician)
     gateway.stop()
 
 
@@ -112,7 +115,9 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(
     def added(scrape: Scrape, name: str, **labels: str) -> float:
         return scrape.value(name, **labels) - counted[(name, tuple(labels.items()))]
 
-    client = httpx.Client(base_url=stack.gateway, timeout=30, headers={"Connection": "close"})
+    client = httpx.Client(
+        base_url=stack.gateway, timeout=30, headers={**stack.headers, "Connection": "close"}
+    )
     request.addfinalizer(client.close)
     uploaded = 0
     for seed in range(ACCEPTED):
@@ -175,7 +180,7 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(
 
 
 def test_the_queue_drains_once_a_worker_runs(stack: Stack) -> None:
-    with httpx.Client(base_url=stack.gateway, timeout=30) as client:
+    with httpx.Client(base_url=stack.gateway, headers=stack.headers, timeout=30) as client:
         ids = [submit(client, 20 + seed).json()["id"] for seed in range(3)]
     worker = Process(WORKER_COMMAND, stack.env, stack.folder / "worker.log")
     worker.start()
@@ -213,7 +218,7 @@ def test_inference_metrics_after_real_batches(stack: Stack) -> None:
     worker.start()
     try:
         start_worker(worker)
-        with httpx.Client(base_url=stack.gateway, timeout=30) as client:
+        with httpx.Client(base_url=stack.gateway, headers=stack.headers, timeout=30) as client:
             ids = [submit(client, 100 + seed).json()["id"] for seed in range(10)]
             for screening_id in ids:
                 body = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()

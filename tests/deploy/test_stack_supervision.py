@@ -40,6 +40,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _key_line(log: Path, what: str) -> str:
+    """The key `make run` printed on its line `API key (<what>): <key>`."""
+    prefix = f"API key ({what}): "
+    lines = [line for line in log.read_text().splitlines() if line.startswith(prefix)]
+    assert lines, f"no line {prefix!r}; log:\n{log.read_text()[-4000:]}"
+    return lines[-1].removeprefix(prefix)
+
+
 def test_a_killed_worker_is_restarted_and_the_stack_still_screens(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     environ.pop("MODEL_NAME", None)
@@ -60,6 +68,12 @@ def test_a_killed_worker_is_restarted_and_the_stack_still_screens(tmp_path: Path
             return text in log.read_text(errors="replace")
 
         wait_until(lambda: says("skinscreen is running at"), lambda: log.read_text()[-4000:], 300)
+        key = _key_line(log, "development clinic")
+        assert key.startswith("sk_live_")
+        assert _key_line(log, "operator").startswith("sk_live_")
+        keys_file = tmp_path / "var" / "api-keys.json"
+        assert keys_file.stat().st_mode & 0o777 == 0o600
+        assert json.loads(keys_file.read_text())["clinician"] == key
         first = _worker(stack.pid)
         assert first is not None
         os.kill(first, signal.SIGKILL)
@@ -72,7 +86,9 @@ def test_a_killed_worker_is_restarted_and_the_stack_still_screens(tmp_path: Path
         assert second != first
         assert stack.poll() is None
         photo = sorted((PAD_UFES / "images").glob("*.jpg"))[0]
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
             accepted = client.post(
                 "/v1/screenings",
                 files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},

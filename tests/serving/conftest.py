@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -103,6 +103,20 @@ def bearer(key: str) -> dict[str, str]:
 _clinics = itertools.count(1)
 
 
+def create_key(database_url: str, clinic_id: UUID | None, *scopes: Scope) -> str:
+    """One more key, with `scopes`, of `clinic_id`."""
+
+    async def create() -> str:
+        connection = await asyncpg.connect(database_url)
+        try:
+            made = await accounts.create_key(connection, scopes=scopes, clinic_id=clinic_id)
+        finally:
+            await connection.close()
+        return made.secret
+
+    return asyncio.run(create())
+
+
 def create_keys(database_url: str, clinic: str | None = None) -> Keys:
     """A new clinic with a clinician key, and an operator key (of no clinic), straight in the
     database as skinscreen-gateway-admin makes them."""
@@ -114,7 +128,9 @@ def create_keys(database_url: str, clinic: str | None = None) -> Keys:
             clinician = await accounts.create_key(
                 connection, scopes=[Scope.CLINICIAN], clinic_id=made.id
             )
-            operator = await accounts.create_key(connection, scopes=[Scope.OPERATOR], clinic_id=None)
+            operator = await accounts.create_key(
+                connection, scopes=[Scope.OPERATOR], clinic_id=None
+            )
         finally:
             await connection.close()
         return Keys(made.id, clinician.secret, operator.secret)

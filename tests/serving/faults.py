@@ -26,8 +26,12 @@ class Answer:
 class Load:
     """One client posting real photos back to back, from a thread, until stopped."""
 
-    def __init__(self, url: str, photos: list[Photo], timeout_s: float = 30) -> None:
+    def __init__(
+        self, url: str, photos: list[Photo], headers: dict[str, str], timeout_s: float = 30
+    ) -> None:
         self.url = url
+        # The API key it sends.
+        self.headers = headers
         self.photos = photos
         self.timeout_s = timeout_s
         # Ids answered 202, in order, and every answer that was not a 202.
@@ -47,7 +51,9 @@ class Load:
         return [answer for answer in list(self.refused) if answer.status == status]
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:
+        with httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=self.timeout_s
+        ) as client:
             index = 0
             while not self._stop.is_set():
                 photo = self.photos[index % len(self.photos)]

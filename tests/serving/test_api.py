@@ -21,6 +21,7 @@ from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     IDLE_GATEWAY,
+    Keys,
     hold_long_poll,
     served_model,
     submit,
@@ -30,8 +31,8 @@ register_heif_opener()
 
 
 @pytest.fixture
-def client(gateway: str):
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+def client(keys: Keys, gateway: str):
+    with httpx.Client(base_url=gateway, headers=keys.clinician, timeout=60) as client:
         yield client
 
 
@@ -85,18 +86,20 @@ def test_unknown_ids_are_404_with_or_without_wait(client) -> None:
 
 
 def test_a_long_poll_is_woken_by_the_finished_notification(
-    idle_gateway: str, photos, database, blob_dir: Path, idle_redis
+    keys: Keys, idle_gateway: str, photos, database, blob_dir: Path, idle_redis
 ) -> None:
     """?wait=30 on a screening no worker will score: the request is held, the result is
     written as a worker writes it (one statement that also sends the NOTIFY), and the held
     request answers with it. Without the notification it would answer `queued` after 30 s:
     when its time is up it returns the row it read before waiting."""
-    with httpx.Client(base_url=idle_gateway, timeout=60) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=60) as client:
         accepted = submit(client, photos[0])
     assert accepted.status_code == 202, accepted.text
     screening_id = accepted.json()["id"]
     try:
-        held = hold_long_poll(idle_gateway, accepted.headers["Location"], database, IDLE_GATEWAY)
+        held = hold_long_poll(
+            idle_gateway, accepted.headers["Location"], database, IDLE_GATEWAY, keys.clinician
+        )
         poller, answer = held.thread, held.answer
         assert "response" not in answer, f"answered before the result existed: {answer}"
         # The worker's own statement: the row becomes `failed` and the NOTIFY goes out.
@@ -169,20 +172,30 @@ def _enqueue_directly(stack_env, database, key: str) -> str:
     return screening_id
 
 
-def test_transient_errors_are_retried_then_fail_with_a_reason(client, stack_env, database) -> None:
+def test_transient_errors_are_retried_then_fail_with_a_reason(
+    client, keys: Keys, stack_env, database
+) -> None:
     screening_id = _enqueue_directly(stack_env, database, "no/such-photo.jpg")
-    result = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
+    # Made without a clinic, as before clinic accounts: an operator reads it.
+    result = client.get(
+        f"/v1/screenings/{screening_id}", params={"wait": 30}, headers=keys.operator
+    ).json()
     assert result["status"] == "failed", result
     assert "gave up after 6 attempts" in result["failure_reason"]
     assert "FileNotFoundError" in result["failure_reason"]
     assert result["result"] is None
 
 
-def test_an_undecodable_stored_photo_fails_at_once(client, stack_env, database, blob_dir) -> None:
+def test_an_undecodable_stored_photo_fails_at_once(
+    client, keys: Keys, stack_env, database, blob_dir
+) -> None:
     (blob_dir / "broken").mkdir(exist_ok=True)
     (blob_dir / "broken" / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     screening_id = _enqueue_directly(stack_env, database, "broken/photo.jpg")
-    result = client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
+    # Made without a clinic, as before clinic accounts: an operator reads it.
+    result = client.get(
+        f"/v1/screenings/{screening_id}", params={"wait": 30}, headers=keys.operator
+    ).json()
     assert result["status"] == "failed", result
     assert "cannot be decoded" in result["failure_reason"]
     assert database.value("SELECT attempts FROM screenings WHERE id = $1::uuid", screening_id) == 0

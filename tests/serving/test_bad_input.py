@@ -17,6 +17,7 @@ from PIL import Image
 from skinscreen.gateway.settings import Settings as GatewaySettings
 from skinscreen.runtime.queue import QUEUE
 from tests.conftest import DESIGN_EXAMPLE
+from tests.serving.conftest import Keys
 
 
 def _snapshot(database, blob_dir: Path, idle_redis) -> tuple[int, int, int]:
@@ -33,8 +34,8 @@ def nothing_created(database, blob_dir: Path, idle_redis) -> Iterator[None]:
 
 
 @pytest.fixture
-def client(idle_gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+def client(keys: Keys, idle_gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         yield client
 
 

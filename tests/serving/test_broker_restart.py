@@ -17,7 +17,15 @@ import pytest
 
 from skinscreen.dev.embedded import EmbeddedRedis
 from skinscreen.runtime.commands import WORKER_COMMAND
-from tests.serving.conftest import Database, Photo, Process, start_gateway, start_worker, submit
+from tests.serving.conftest import (
+    Database,
+    Keys,
+    Photo,
+    Process,
+    start_gateway,
+    start_worker,
+    submit,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
@@ -26,8 +34,10 @@ pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 class Load:
     """One client posting real photos back to back, from a thread, until stopped."""
 
-    def __init__(self, url: str, photos: list[Photo]) -> None:
+    def __init__(self, url: str, photos: list[Photo], headers: dict[str, str]) -> None:
         self.url = url
+        # The API key it sends.
+        self.headers = headers
         self.photos = photos
         # Ids answered 202, in order, and how many requests were answered otherwise.
         self.accepted: list[str] = []
@@ -43,7 +53,7 @@ class Load:
         self._thread.join(60)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as client:
             index = 0
             while not self._stop.is_set():
                 photo = self.photos[index % len(self.photos)]
@@ -73,6 +83,7 @@ def test_the_worker_survives_a_redis_restart_under_load(
     photos: list[Photo],
     database: Database,
     tmp_path: Path,
+    keys: Keys,
 ) -> None:
     env = {**stack_env, "REDIS_URL": f"redis://127.0.0.1:{own_redis.port}/0"}
     worker = Process(WORKER_COMMAND, env, tmp_path / "worker.log")
@@ -81,7 +92,7 @@ def test_the_worker_survives_a_redis_restart_under_load(
     try:
         start_worker(worker)
         gateway, url = start_gateway(env, tmp_path / "gateway.log")
-        load = Load(url, photos[:40])
+        load = Load(url, photos[:40], keys.clinician)
         load.start()
 
         def done(ids: list[str]) -> int:

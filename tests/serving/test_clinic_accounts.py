@@ -64,7 +64,9 @@ def clinics(api: httpx.Client, keys: Keys) -> tuple[Clinic, Clinic]:
     return _clinic(api, keys, f"Clinic A {suffix}"), _clinic(api, keys, f"Clinic B {suffix}")
 
 
-def _screen(api: httpx.Client, photo: Photo, headers: dict[str, str], **extra: Any) -> httpx.Response:
+def _screen(
+    api: httpx.Client, photo: Photo, headers: dict[str, str], **extra: Any
+) -> httpx.Response:
     return api.post(
         "/v1/screenings",
         files={"image": (photo.path.name, photo.path.read_bytes(), "image/jpeg")},
@@ -82,7 +84,7 @@ def _refused_401(response: httpx.Response, error: str | None = "invalid_token") 
     return detail
 
 
-# --- Scopes: each allowed and refused ----------------------------------------------------------
+# --- Scopes: each allowed and refused
 
 SWITCH: Final = {"requested_by": "t", "reason": "test"}
 # (method, path, body): operations only an operator's key may call. None of these changes
@@ -147,7 +149,7 @@ def test_any_valid_key_reads_the_model_registry(
     _refused_401(api.get(f"/v1/models/{MODEL}/versions"), error=None)
 
 
-# --- A clinic sees only its own screenings -------------------------------------------------------
+# --- A clinic sees only its own screenings
 
 
 def test_another_clinics_screening_reads_as_absent(
@@ -157,9 +159,10 @@ def test_another_clinics_screening_reads_as_absent(
     accepted = _screen(api, photos[2], mine.headers)
     assert accepted.status_code == 202, accepted.text
     screening_id = accepted.json()["id"]
-    assert database.value(
-        "SELECT clinic_id::text FROM screenings WHERE id = $1", UUID(screening_id)
-    ) == mine.id
+    assert (
+        database.value("SELECT clinic_id::text FROM screenings WHERE id = $1", UUID(screening_id))
+        == mine.id
+    )
     location = accepted.headers["Location"]
     diagnosis = {"diagnosis": "BCC", "confirmed_by": "histopathology"}
 
@@ -192,12 +195,10 @@ def test_another_clinics_screening_reads_as_absent(
     assert api.get(location, params={"wait": 0.2}, headers=mine.headers).status_code == 200
     my_list = api.get("/v1/screenings", params={"limit": 100}, headers=mine.headers).json()
     assert screening_id in {item["id"] for item in my_list["items"]}
-    assert {item["id"] for item in my_list["items"]} <= set(
+    assert {item["id"] for item in my_list["items"]} <= {
         str(row[0])
-        for row in database.fetch(
-            "SELECT id FROM screenings WHERE clinic_id = $1", UUID(mine.id)
-        )
-    )
+        for row in database.fetch("SELECT id FROM screenings WHERE clinic_id = $1", UUID(mine.id))
+    }
     recorded = api.post(f"{location}/diagnosis", json=diagnosis, headers=mine.headers)
     assert recorded.status_code == 201, recorded.text
     assert api.get(f"{location}/diagnosis", headers=mine.headers).status_code == 200
@@ -231,7 +232,7 @@ def test_idempotency_keys_are_each_clinics_own(
     assert again.headers["Idempotent-Replayed"] == "true"
 
 
-# --- Missing, malformed, unknown, revoked and expired keys -----------------------------------------
+# --- Missing, malformed, unknown, revoked and expired keys
 
 
 @pytest.mark.parametrize(
@@ -299,7 +300,7 @@ def test_probes_metrics_and_docs_need_no_key(api: httpx.Client) -> None:
         assert api.get(path).status_code == 200, path
 
 
-# --- The management API ------------------------------------------------------------------------
+# --- The management API
 
 
 def test_clinics_and_keys_are_managed_by_operators(
@@ -323,7 +324,8 @@ def test_clinics_and_keys_are_managed_by_operators(
     )
     assert created.status_code == 201, created.text
     key = created.json()
-    assert key["key"].startswith("sk_live_") and len(key["key"]) == 51
+    assert key["key"].startswith("sk_live_")
+    assert len(key["key"]) == 51
     assert key["prefix"] == key["key"][:12]
     assert key["scopes"] == ["clinician", "operator"]
     assert key["clinic_id"] == clinic["id"]
@@ -337,10 +339,13 @@ def test_clinics_and_keys_are_managed_by_operators(
     row = database.fetch("SELECT * FROM api_keys WHERE id = $1", UUID(key["id"]))[0]
     assert bytes(row["key_sha256"]) == hashlib.sha256(key["key"].encode()).digest()
     assert not any(key["key"] in str(value) for value in row.values())
-    assert database.value(
-        "SELECT count(*) FROM api_keys WHERE key_sha256 = sha256(convert_to($1, 'UTF8'))",
-        key["key"],
-    ) == 1
+    assert (
+        database.value(
+            "SELECT count(*) FROM api_keys WHERE key_sha256 = sha256(convert_to($1, 'UTF8'))",
+            key["key"],
+        )
+        == 1
+    )
 
     for missing in (
         api.get(f"/v1/clinics/{NO_SUCH}/keys", headers=keys.operator),
@@ -374,7 +379,7 @@ def test_a_bad_key_request_names_its_field(
     assert any(p["loc"] == field and words in p["msg"] for p in problems), problems
 
 
-# --- OpenAPI -------------------------------------------------------------------------------------
+# --- OpenAPI
 
 
 def test_every_v1_operation_documents_its_key(api: httpx.Client) -> None:
@@ -402,7 +407,7 @@ def test_every_v1_operation_documents_its_key(api: httpx.Client) -> None:
     assert security[("/v1/clinics", "post")] == ["operator"]
 
 
-# --- skinscreen-gateway-admin ------------------------------------------------------------------------
+# --- skinscreen-gateway-admin ---
 
 
 def _admin(stack_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -421,9 +426,13 @@ def test_the_admin_command_makes_the_first_operator_key(
     assert line.startswith("API key (operator): sk_live_")
     key = line.removeprefix("API key (operator): ")
     assert api.get("/v1/clinics", headers=bearer(key)).status_code == 200
-    assert database.value(
-        "SELECT count(*) FROM api_keys WHERE key_sha256 = $1", hashlib.sha256(key.encode()).digest()
-    ) == 1
+    assert (
+        database.value(
+            "SELECT count(*) FROM api_keys WHERE key_sha256 = $1",
+            hashlib.sha256(key.encode()).digest(),
+        )
+        == 1
+    )
 
     name = f"Clinica {uuid4().hex[:6]}"
     clinic = _admin(stack_env, "create-clinic", name)
@@ -431,7 +440,8 @@ def test_the_admin_command_makes_the_first_operator_key(
     clinic_id = clinic.stdout.strip().rsplit(" ", 1)[-1]
     assert UUID(clinic_id)
     taken = _admin(stack_env, "create-clinic", name)
-    assert taken.returncode == 1 and "exists already" in taken.stderr
+    assert taken.returncode == 1
+    assert "exists already" in taken.stderr
 
     orphan = _admin(stack_env, "create-key", "--clinician")
     assert orphan.returncode == 1
@@ -442,13 +452,16 @@ def test_the_admin_command_makes_the_first_operator_key(
     assert api.get("/v1/screenings", headers=bearer(secret)).status_code == 200
 
     listed = _admin(stack_env, "list-keys", "--clinic", clinic_id)
-    assert listed.returncode == 0 and secret[:12] in listed.stdout and secret not in listed.stdout
+    assert listed.returncode == 0
+    assert secret[:12] in listed.stdout
+    assert secret not in listed.stdout
     key_id = listed.stdout.split()[0]
     revoked = _admin(stack_env, "revoke-key", key_id)
     assert revoked.returncode == 0, revoked.stderr
     assert api.get("/v1/screenings", headers=bearer(secret)).status_code == 401
     bad = _admin(stack_env, "revoke-key", "nope")
-    assert bad.returncode == 1 and "KEY_ID" in bad.stderr
+    assert bad.returncode == 1
+    assert "KEY_ID" in bad.stderr
 
 
 def test_a_gateway_setting_operator_token_says_it_is_no_longer_read(

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from tests.serving.conftest import Keys
 from tests.waiting import wait_until
 
 N_CONCURRENT = 200
@@ -16,9 +17,11 @@ LONG_POLLS = 6
 pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 
 
-async def _submit_all(gateway: str, photos) -> list[str]:
+async def _submit_all(keys: Keys, gateway: str, photos) -> list[str]:
     limits = httpx.Limits(max_connections=N_CONCURRENT)
-    async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=gateway, headers=keys.clinician, timeout=120, limits=limits
+    ) as client:
 
         async def one(photo) -> str:
             response = await client.post(
@@ -32,9 +35,11 @@ async def _submit_all(gateway: str, photos) -> list[str]:
         return list(await asyncio.gather(*(one(photo) for photo in photos)))
 
 
-async def _wait_all(gateway: str, ids: list[str]) -> list[dict]:
+async def _wait_all(keys: Keys, gateway: str, ids: list[str]) -> list[dict]:
     limits = httpx.Limits(max_connections=N_CONCURRENT)
-    async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=gateway, headers=keys.clinician, timeout=120, limits=limits
+    ) as client:
 
         async def one(screening_id: str) -> dict:
             # Long polls of 30 s each, a generous number of them: each returns as soon as
@@ -48,11 +53,13 @@ async def _wait_all(gateway: str, ids: list[str]) -> list[dict]:
         return list(await asyncio.gather(*(one(screening_id) for screening_id in ids)))
 
 
-def test_200_concurrent_screenings_complete_in_real_batches(gateway: str, photos, database) -> None:
+def test_200_concurrent_screenings_complete_in_real_batches(
+    gateway: str, photos, database, keys: Keys
+) -> None:
     chosen = (photos * (N_CONCURRENT // len(photos) + 1))[:N_CONCURRENT]
-    ids = asyncio.run(_submit_all(gateway, chosen))
+    ids = asyncio.run(_submit_all(keys, gateway, chosen))
     assert len(set(ids)) == N_CONCURRENT
-    results = asyncio.run(_wait_all(gateway, ids))
+    results = asyncio.run(_wait_all(keys, gateway, ids))
     assert [result["status"] for result in results] == ["done"] * N_CONCURRENT
     sizes = [
         row["size"]
@@ -67,7 +74,7 @@ def test_200_concurrent_screenings_complete_in_real_batches(gateway: str, photos
 
 
 def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
-    gateway: str, photos, database, worker, restart_worker, stack_env, request
+    gateway: str, photos, database, worker, restart_worker, stack_env, request, keys: Keys
 ) -> None:
     broker = Redis.from_url(stack_env["REDIS_URL"])
     request.addfinalizer(broker.close)
@@ -83,7 +90,7 @@ def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
         "the worker has finished what other tests queued",
     )
     first_batch = database.value("SELECT coalesce(max(id), 0) FROM inference_batches")
-    ids = asyncio.run(_submit_all(gateway, photos[:64]))
+    ids = asyncio.run(_submit_all(keys, gateway, photos[:64]))
     # Kill the worker once it has finished some screenings and is in the middle of a batch
     # (rows claimed as running, their messages unacknowledged in Redis).
     counts: dict[str, int] = {}
@@ -108,7 +115,7 @@ def test_a_killed_worker_loses_nothing_and_writes_each_result_once(
     assert broker.hlen("unacked") > 0
 
     restart_worker(worker)
-    results = asyncio.run(_wait_all(gateway, ids))
+    results = asyncio.run(_wait_all(keys, gateway, ids))
     assert [result["status"] for result in results] == ["done"] * len(ids)
     written = database.value(
         "SELECT coalesce(sum(written), 0) FROM inference_batches WHERE id > $1", first_batch

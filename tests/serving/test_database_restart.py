@@ -26,6 +26,7 @@ from tests.serving.conftest import (
     Database,
     Photo,
     Process,
+    create_keys,
     hold_long_poll,
     start_gateway,
     start_worker,
@@ -85,6 +86,7 @@ def test_a_postgresql_restart_under_load(
     }
     subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
     database = Database(database_url)
+    keys = create_keys(database_url)
     worker = Process(WORKER_COMMAND, env, tmp_path / "worker.log")
     gateway: Process | None = None
     load: Load | None = None
@@ -93,7 +95,7 @@ def test_a_postgresql_restart_under_load(
         gateway_env = {**env, "DATABASE_URL": with_application_name(database_url, GATEWAY)}
         gateway, url = start_gateway(gateway_env, tmp_path / "gateway.log")
         assert readiness(url)[0] == 200
-        load = Load(url, photos[:40])
+        load = Load(url, photos[:40], keys.clinician)
         load.start()
         wait_until(lambda: count_done(database, list(load.accepted)) >= 10, "scored before")
 
@@ -135,10 +137,12 @@ def test_a_postgresql_restart_under_load(
         assert worker.popen is not None
         os.kill(worker.popen.pid, signal.SIGSTOP)
         try:
-            with httpx.Client(base_url=url, timeout=30) as client:
+            with httpx.Client(base_url=url, headers=keys.clinician, timeout=30) as client:
                 response = submit(client, photos[0])
             assert response.status_code == 202, response.text
-            held = hold_long_poll(url, response.headers["Location"], database, GATEWAY)
+            held = hold_long_poll(
+                url, response.headers["Location"], database, GATEWAY, keys.clinician
+            )
         finally:
             os.kill(worker.popen.pid, signal.SIGCONT)
         held.thread.join(60)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import (
+    Keys,
     both_classes,
     check_result,
     direct_run,
@@ -27,13 +28,13 @@ pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 
 
 def test_real_photos_match_a_direct_onnx_run(
-    gateway: str, photos, database, blob_dir: Path, submit_photo
+    keys: Keys, gateway: str, photos, database, blob_dir: Path, submit_photo
 ) -> None:
     chosen = both_classes(photos, PER_CLASS)
     # The same model on the same preprocessed input, straight through ONNX Runtime.
     model_path, card = served_model(database, "skinscreen-fusion")
     expected = direct_run(model_path, card, chosen)
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+    with httpx.Client(base_url=gateway, headers=keys.clinician, timeout=60) as client:
         accepted = [submit_photo(client, photo) for photo in chosen]
         for response in accepted:
             assert response.status_code == 202, response.text

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from skinscreen.dev.embedded import EmbeddedRedis
-from tests.serving.conftest import Database, Photo, Process, start_gateway, submit
+from tests.serving.conftest import Database, Keys, Photo, Process, start_gateway, submit
 from tests.serving.faults import (
     Load,
     assert_failed_fast,
@@ -45,6 +45,7 @@ def test_the_gateway_refuses_at_once_while_its_redis_is_down(
     photos: list[Photo],
     database: Database,
     tmp_path: Path,
+    keys: Keys,
 ) -> None:
     blobs = tmp_path / "blobs"
     env = {
@@ -54,7 +55,7 @@ def test_the_gateway_refuses_at_once_while_its_redis_is_down(
     }
     gateway, url = start_gateway(env, tmp_path / "gateway.log")
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, headers=keys.clinician, timeout=30) as client:
             accepted = submit(client, photos[0])
             assert accepted.status_code == 202, accepted.text
 
@@ -64,7 +65,7 @@ def test_the_gateway_refuses_at_once_while_its_redis_is_down(
 
             own_redis.kill()
             before = stored()
-            load = Load(url, photos[:10])
+            load = Load(url, photos[:10], keys.clinician)
             load.start()
             try:
                 wait_until(lambda: len(load.refused) >= 20, "requests refused while Redis is down")
@@ -97,11 +98,12 @@ def test_a_gateway_killed_under_load_loses_no_accepted_screening(
     photos: list[Photo],
     database: Database,
     tmp_path: Path,
+    keys: Keys,
 ) -> None:
     gateway, url = start_gateway(stack_env, tmp_path / "gateway.log")
     load: Load | None = None
     try:
-        load = Load(url, photos[:40])
+        load = Load(url, photos[:40], keys.clinician)
         load.start()
         wait_until(lambda: count_done(database, list(load.accepted)) >= 10, "scored before")
         gateway.kill()

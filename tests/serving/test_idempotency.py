@@ -18,14 +18,15 @@ import pytest
 
 from skinscreen.runtime.queue import QUEUE
 from tests.conftest import DESIGN_EXAMPLE
+from tests.serving.conftest import Keys
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 
 
 @pytest.fixture
-def client(idle_gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=idle_gateway, timeout=60) as client:
+def client(keys: Keys, idle_gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=60) as client:
         yield client
 
 

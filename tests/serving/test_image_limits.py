@@ -15,6 +15,7 @@ from skinscreen.core.memory import MIB, DecodeBudget, DecodeBudgetTimeoutError
 from skinscreen.gateway.images import DecoderBusyError, check_image
 from skinscreen.gateway.settings import Settings as GatewaySettings
 from tests.conftest import DESIGN_EXAMPLE
+from tests.serving.conftest import Keys
 from tests.waiting import wait_until
 
 MIN_SIDE = GatewaySettings.model_fields["MIN_IMAGE_SIDE"].default
@@ -40,9 +41,9 @@ def _jpeg(width: int, height: int) -> bytes:
     ],
 )
 def test_a_photo_below_the_minimum_side_is_422_naming_its_size(
-    idle_gateway: str, name: str, data: bytes, size: str
+    keys: Keys, idle_gateway: str, name: str, data: bytes, size: str
 ) -> None:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         response = client.post(
             "/v1/screenings",
             files={"image": (name, data, "application/octet-stream")},

@@ -26,7 +26,7 @@ from skinscreen.runtime import registry
 from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import queue_for
 from tests.conftest import DESIGN_EXAMPLE
-from tests.serving.conftest import Process, ranking_auc, served_model, start_worker
+from tests.serving.conftest import Keys, Process, ranking_auc, served_model, start_worker
 
 IMAGE_ONLY = "skinscreen-dermoscopy"
 N_PHOTOS = 10
@@ -72,7 +72,7 @@ def _post(
 
 
 def test_a_photo_alone_is_screened_by_the_image_only_model(
-    gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
+    keys: Keys, gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
 ) -> None:
     model_path, card = served_model(database, IMAGE_ONLY)
     assert card.inputs == ("image",)
@@ -81,7 +81,7 @@ def test_a_photo_alone_is_screened_by_the_image_only_model(
     images = np.stack([load_and_preprocess(path, card.input_size) for path in dermoscopy_photos])
     (expected,) = session.run(None, {"image": images})
 
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+    with httpx.Client(base_url=gateway, headers=keys.clinician, timeout=60) as client:
         # The last one also sends clinical answers: kept, but not what the model reads.
         accepted = [_post(client, path) for path in dermoscopy_photos[:-1]]
         accepted.append(_post(client, dermoscopy_photos[-1], clinical=DESIGN_EXAMPLE))
@@ -113,11 +113,11 @@ def test_a_photo_alone_is_screened_by_the_image_only_model(
 
 
 def test_the_fusion_model_still_reads_the_clinical_answers(
-    gateway: str, image_only_worker: Process, photos
+    keys: Keys, gateway: str, image_only_worker: Process, photos
 ) -> None:
     """Default model, and named explicitly: the same fusion result for the same input."""
     photo = photos[0]
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+    with httpx.Client(base_url=gateway, headers=keys.clinician, timeout=60) as client:
         answers = json.loads(photo.clinical.model_dump_json())
         default = _post(client, photo.path, clinical=answers, model=None)
         named = _post(client, photo.path, clinical=answers, model="skinscreen-fusion")
@@ -132,9 +132,9 @@ def test_the_fusion_model_still_reads_the_clinical_answers(
 
 
 def test_screenings_are_listed_by_model(
-    gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
+    keys: Keys, gateway: str, image_only_worker: Process, dermoscopy_photos: list[Path], database
 ) -> None:
-    with httpx.Client(base_url=gateway, timeout=30) as client:
+    with httpx.Client(base_url=gateway, headers=keys.clinician, timeout=30) as client:
         # Its own screenings, more than a page of them, whichever tests ran before.
         ours = [_post(client, photo).json()["id"] for photo in dermoscopy_photos[:5]]
         # Scored before the module's worker stops: no screening is left queued for ever.
@@ -178,7 +178,7 @@ def _enqueue_directly(stack_env: dict[str, str], database, queue: str, model_nam
 
 
 def test_a_worker_refuses_what_its_model_cannot_score(
-    gateway: str, image_only_worker: Process, stack_env: dict[str, str], database
+    keys: Keys, gateway: str, image_only_worker: Process, stack_env: dict[str, str], database
 ) -> None:
     """Misrouted, or without the clinical answers its model reads: failed at once, with why."""
     misrouted = _enqueue_directly(
@@ -187,7 +187,8 @@ def test_a_worker_refuses_what_its_model_cannot_score(
     no_answers = _enqueue_directly(
         stack_env, database, queue_for("skinscreen-fusion"), model_name="skinscreen-fusion"
     )
-    with httpx.Client(base_url=gateway, timeout=60) as client:
+    # Made by hand without a clinic: an operator reads them.
+    with httpx.Client(base_url=gateway, headers=keys.operator, timeout=60) as client:
         results = [
             client.get(f"/v1/screenings/{screening_id}", params={"wait": 30}).json()
             for screening_id in (misrouted, no_answers)
@@ -218,9 +219,9 @@ def nothing_created(database, blob_dir: Path, idle_redis) -> Iterator[None]:
 
 @pytest.mark.usefixtures("nothing_created")
 def test_a_model_that_reads_clinical_answers_requires_them(
-    idle_gateway: str, dermoscopy_photos: list[Path]
+    keys: Keys, idle_gateway: str, dermoscopy_photos: list[Path]
 ) -> None:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         for model in (None, "skinscreen-fusion"):
             response = _post(client, dermoscopy_photos[0], model=model)
             assert response.status_code == 422, response.text
@@ -233,9 +234,9 @@ def test_a_model_that_reads_clinical_answers_requires_them(
 
 @pytest.mark.usefixtures("nothing_created")
 def test_an_unknown_model_is_refused_with_the_served_ones(
-    idle_gateway: str, dermoscopy_photos: list[Path]
+    keys: Keys, idle_gateway: str, dermoscopy_photos: list[Path]
 ) -> None:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         for model in ("skinscreen-dermatoscope", "../etc", ""):
             response = _post(client, dermoscopy_photos[0], clinical=DESIGN_EXAMPLE, model=model)
             assert response.status_code == 422, (model, response.text)
@@ -249,9 +250,9 @@ def test_an_unknown_model_is_refused_with_the_served_ones(
 
 @pytest.mark.usefixtures("nothing_created")
 def test_bad_clinical_answers_are_refused_even_for_the_image_only_model(
-    idle_gateway: str, dermoscopy_photos: list[Path]
+    keys: Keys, idle_gateway: str, dermoscopy_photos: list[Path]
 ) -> None:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         response = _post(client, dermoscopy_photos[0], clinical={**DESIGN_EXAMPLE, "age": 130})
     assert response.status_code == 422
     assert [problem["loc"] for problem in response.json()["detail"]] == [

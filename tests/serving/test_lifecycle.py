@@ -37,8 +37,12 @@ class Traffic:
     error) is kept in `errors`, never lost with the thread.
     """
 
-    def __init__(self, url: str, photos: list[Photo], clients: int = 3) -> None:
+    def __init__(
+        self, url: str, photos: list[Photo], headers: dict[str, str], clients: int = 3
+    ) -> None:
         self.url = url
+        # The API key it sends.
+        self.headers = headers
         self.photos = photos
         self.sent: dict[str, Photo] = {}
         self.errors: list[str] = []
@@ -49,7 +53,7 @@ class Traffic:
 
     def _client(self, index: int) -> None:
         try:
-            with httpx.Client(base_url=self.url, timeout=60) as client:
+            with httpx.Client(base_url=self.url, headers=self.headers, timeout=60) as client:
                 sent = index
                 while not self._stop.is_set():
                     photo = self.photos[sent % len(self.photos)]
@@ -102,7 +106,11 @@ def database_now(lifecycle: Lifecycle) -> datetime:
 
 
 def switch(lifecycle: Lifecycle, path: str, reason: str) -> httpx.Response:
-    return httpx.post(f"{lifecycle.url}{path}", json={"reason": reason, "requested_by": "test"})
+    return httpx.post(
+        f"{lifecycle.url}{path}",
+        json={"reason": reason, "requested_by": "test"},
+        headers=lifecycle.keys.operator,
+    )
 
 
 @pytest.mark.data
@@ -116,7 +124,7 @@ def test_hot_swap_and_rollback_under_traffic(
     serving = run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version
     publish_variant(lifecycle, "29990101.000001", shift=1.5, tmp=tmp_path)
     sample = photos[:60]
-    with Traffic(lifecycle.url, sample) as traffic:
+    with Traffic(lifecycle.url, sample, lifecycle.keys.clinician) as traffic:
         # Screenings flow before the switch...
         wait_for_version(lifecycle, serving, database_now(lifecycle), count=3)
         started = database_now(lifecycle)
@@ -202,7 +210,9 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
         ),
         "the failed load is reported in the worker's log",
     )
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
+    with httpx.Client(
+        base_url=lifecycle.url, headers=lifecycle.keys.clinician, timeout=60
+    ) as client:
         response = submit(client, photos[0])
         body = client.get(response.headers["Location"], params={"wait": 30}).json()
     assert body["status"] == "done"
@@ -233,7 +243,9 @@ def test_promotion_refuses_unknown_and_damaged_versions(
     after = run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version
     assert after == before
 
-    listed = httpx.get(f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions").json()["items"]
+    listed = httpx.get(
+        f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions", headers=lifecycle.keys.clinician
+    ).json()["items"]
     statuses = {item["version"]: item["status"] for item in listed}
     assert statuses[before] == "active"
     assert list(statuses.values()).count("active") == 1
@@ -253,7 +265,10 @@ def test_promoting_a_version_whose_artifact_is_missing_is_409(
     assert detail.startswith("not promoted, the active version is unchanged: ")
     assert f"no {MODEL_FILE} at {uri}" in detail
     assert run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version == before
-    listed = httpx.get(f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/29990101.000004")
+    listed = httpx.get(
+        f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/29990101.000004",
+        headers=lifecycle.keys.clinician,
+    )
     assert listed.json()["status"] == "candidate"
 
 
@@ -281,7 +296,9 @@ def test_rollback_with_nothing_to_roll_back_is_409(lifecycle: Lifecycle) -> None
     assert "was not promoted over another version" in alone.json()["detail"]
     active = run(lifecycle, lambda pool: registry.get_active(pool, name))
     assert active.version == "20000101.000001"
-    history = httpx.get(f"{lifecycle.url}/v1/models/{name}/activations").json()["items"]
+    history = httpx.get(
+        f"{lifecycle.url}/v1/models/{name}/activations", headers=lifecycle.keys.clinician
+    ).json()["items"]
     assert [item["action"] for item in history] == ["promote"]
 
 
@@ -306,7 +323,9 @@ def test_rollback_walks_back_through_promotions(lifecycle: Lifecycle, tmp_path: 
     first = switch(lifecycle, f"/v1/models/{MODEL_NAME}/rollback", "r1").json()
     second = switch(lifecycle, f"/v1/models/{MODEL_NAME}/rollback", "r2").json()
     assert (first["version"], second["version"]) == ("29990201.000001", start)
-    history = httpx.get(f"{lifecycle.url}/v1/models/{MODEL_NAME}/activations").json()["items"]
+    history = httpx.get(
+        f"{lifecycle.url}/v1/models/{MODEL_NAME}/activations", headers=lifecycle.keys.clinician
+    ).json()["items"]
     assert [item["action"] for item in history[-4:]] == [
         "promote",
         "promote",

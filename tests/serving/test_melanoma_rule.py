@@ -96,6 +96,7 @@ def promote(lifecycle: Lifecycle, version: str) -> dict[str, Any]:
     response = httpx.post(
         f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/{version}/promote",
         json={"reason": "decision rule test", "requested_by": "test"},
+        headers=lifecycle.keys.operator,
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -108,7 +109,9 @@ def screen(lifecycle: Lifecycle, photos: list[Photo]) -> list[dict[str, Any]]:
     Submitted after the promotion returned, each is scored by the version promoted: a
     result the previous version scored is refused by the database and scored again.
     """
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
+    with httpx.Client(
+        base_url=lifecycle.url, headers=lifecycle.keys.clinician, timeout=60
+    ) as client:
         locations = []
         for photo in photos:
             response = submit(client, photo)
@@ -201,7 +204,9 @@ def test_a_model_with_diagnoses_serves_them_and_its_melanoma_rule(
 
     # Listing shows each screening as reading it does.
     ids = {screening["id"]: screening for screening in screenings}
-    listed = httpx.get(f"{lifecycle.url}/v1/screenings", params={"limit": 100}).json()
+    listed = httpx.get(
+        f"{lifecycle.url}/v1/screenings", params={"limit": 100}, headers=lifecycle.keys.clinician
+    ).json()
     for item in listed["items"]:
         if item["id"] in ids:
             assert item["result"] == ids[item["id"]]["result"]
@@ -263,7 +268,9 @@ def test_a_model_without_diagnoses_still_serves_by_its_cancer_rule(
     # The shipped model flags some of these photos and not others.
     assert {screening["result"]["suspicious"] for screening in screenings} == {True, False}
 
-    versions = httpx.get(f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions").json()["items"]
+    versions = httpx.get(
+        f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions", headers=lifecycle.keys.clinician
+    ).json()["items"]
     by_version = {item["version"]: item for item in versions}
     assert by_version[ONE_OUTPUT_VERSION]["outputs"] == ["cancer_probability"]
     assert by_version[ONE_OUTPUT_VERSION]["melanoma_threshold"] is None
@@ -294,7 +301,9 @@ def test_a_result_written_by_the_previous_release_reads_by_its_cancer_rule(
         " melanoma_threshold = NULL, suspicious = true WHERE id = $1::uuid RETURNING id",
         screening["id"],
     )
-    result = httpx.get(f"{lifecycle.url}/v1/screenings/{screening['id']}").json()["result"]
+    result = httpx.get(
+        f"{lifecycle.url}/v1/screenings/{screening['id']}", headers=lifecycle.keys.clinician
+    ).json()["result"]
     assert result["suspicious"] is True
     assert result["reasons"] == CANCER_ONLY
     assert result["diagnoses"] is None
@@ -303,5 +312,7 @@ def test_a_result_written_by_the_previous_release_reads_by_its_cancer_rule(
         "UPDATE screenings SET suspicious = false WHERE id = $1::uuid RETURNING id",
         screening["id"],
     )
-    result = httpx.get(f"{lifecycle.url}/v1/screenings/{screening['id']}").json()["result"]
+    result = httpx.get(
+        f"{lifecycle.url}/v1/screenings/{screening['id']}", headers=lifecycle.keys.clinician
+    ).json()["result"]
     assert (result["suspicious"], result["reasons"]) == (False, [])

@@ -71,11 +71,14 @@ def test_the_announcement_alone_switches_a_worker(
     promoted = httpx.post(
         f"{lifecycle.url}/v1/models/{MODEL_NAME}/versions/29990401.000001/promote",
         json={"reason": "announced", "requested_by": "test"},
+        headers=lifecycle.keys.operator,
     )
     assert promoted.status_code == 200, promoted.text
     wait_until_served(lifecycle.worker, "29990401.000001")
     # And it scores with it.
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
+    with httpx.Client(
+        base_url=lifecycle.url, headers=lifecycle.keys.clinician, timeout=60
+    ) as client:
         accepted = submit(client, photos[0])
         result = client.get(accepted.headers["Location"], params={"wait": 30}).json()
     assert result["status"] == "done", result
@@ -109,7 +112,9 @@ def test_a_batch_scored_by_a_retired_version_is_scored_again(
     promote_unannounced(lifecycle, "29990403.000001")
     assert served_version(lifecycle.worker) == old, "the worker was told; nothing to test"
     chosen = photos[:3]
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
+    with httpx.Client(
+        base_url=lifecycle.url, headers=lifecycle.keys.clinician, timeout=60
+    ) as client:
         accepted = [submit(client, photo) for photo in chosen]
         results = [
             client.get(response.headers["Location"], params={"wait": 30}).json()

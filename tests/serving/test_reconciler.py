@@ -32,7 +32,7 @@ from skinscreen.runtime.queue import (
     make_celery,
 )
 from tests.scrape import Scrape
-from tests.serving.conftest import RECONCILE_AFTER_S, submit
+from tests.serving.conftest import RECONCILE_AFTER_S, Keys, submit
 from tests.waiting import wait_until
 
 SWEEP_REDIS_DB = 3
@@ -276,14 +276,14 @@ def _with_stack(database_url: str, redis_url: str, scenario: Any) -> None:
 
 
 def test_the_worker_queues_again_a_screening_whose_task_was_lost(
-    idle_gateway: str, photos, database, worker, idle_redis
+    keys: Keys, idle_gateway: str, photos, database, worker, idle_redis
 ) -> None:
     """Accepted through a gateway whose Redis database no worker reads, then the task is
     dropped from it: to the worker's Redis the task is lost, as after a broker that lost
     its data. The worker's reconciler queues it again and the screening is scored."""
     scrape = Scrape(f"http://127.0.0.1:{worker.env['METRICS_PORT']}/metrics")
     before = scrape.value("skinscreen_inference_reconciled_total", action="requeued")
-    with httpx.Client(base_url=idle_gateway, timeout=60) as client:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=60) as client:
         accepted = submit(client, photos[1])
         assert accepted.status_code == 202, accepted.text
         screening_id = accepted.json()["id"]

@@ -14,11 +14,12 @@ import pytest
 
 from skinscreen.runtime.queue import QUEUE
 from tests.conftest import DESIGN_EXAMPLE
+from tests.serving.conftest import Keys
 
 
 @pytest.fixture
-def client(idle_gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=idle_gateway, timeout=30) as client:
+def client(keys: Keys, idle_gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=idle_gateway, headers=keys.clinician, timeout=30) as client:
         yield client
 
 

@@ -20,6 +20,7 @@ from redis import Redis
 
 from skinscreen.core.card import MODEL_FILE
 from skinscreen.runtime import registry
+from skinscreen.runtime.accounts import Scope
 from skinscreen.runtime.commands import TRAINER_COMMAND
 from skinscreen.runtime.queue import TRAINING_QUEUE
 from tests.scrape import Scrape
@@ -30,6 +31,8 @@ from tests.serving.conftest import (
     Process,
     _log_mentions,
     _wait_until,
+    bearer,
+    create_key,
     served_model,
     submit,
     wait_until_served,
@@ -66,7 +69,11 @@ SMALL_IMAGE_ONLY_RUN: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def client(lifecycle: Lifecycle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=lifecycle.url, timeout=60) as client:
+    """A key with both scopes: the tests screen, record diagnoses and start training runs."""
+    key = create_key(
+        lifecycle.env["DATABASE_URL"], lifecycle.keys.clinic_id, Scope.CLINICIAN, Scope.OPERATOR
+    )
+    with httpx.Client(base_url=lifecycle.url, headers=bearer(key), timeout=60) as client:
         yield client
 
 
@@ -131,6 +138,7 @@ def arrange_active(
     promoted = httpx.post(
         f"{lifecycle.url}/v1/models/{name}/versions/{version}/promote",
         json={"reason": "the gate's reference", "requested_by": "test"},
+        headers=lifecycle.keys.operator,
     )
     assert promoted.status_code == 200, promoted.text
 

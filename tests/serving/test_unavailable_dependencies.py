@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from skinscreen.dev.embedded import free_port
-from tests.serving.conftest import Database, Photo, Process, start_gateway, submit
+from tests.serving.conftest import Database, Keys, Photo, Process, start_gateway, submit
 
 
 def _gateway(env: dict[str, str], log: Path) -> Iterator[str]:
@@ -73,7 +73,11 @@ def test_readyz_is_503_without_an_active_model(unserved_model_gateway: str) -> N
 
 @pytest.mark.data
 def test_a_screening_that_cannot_be_queued_is_503_and_leaves_nothing(
-    brokerless_gateway: str, photos: list[Photo], database: Database, blob_dir: Path
+    brokerless_gateway: str,
+    photos: list[Photo],
+    database: Database,
+    blob_dir: Path,
+    keys: Keys,
 ) -> None:
     """Stored first (blob, row), then queued: when queueing fails both are removed again."""
 
@@ -83,7 +87,7 @@ def test_a_screening_that_cannot_be_queued_is_503_and_leaves_nothing(
         return rows, blobs
 
     before = snapshot()
-    with httpx.Client(base_url=brokerless_gateway, timeout=120) as client:
+    with httpx.Client(base_url=brokerless_gateway, headers=keys.clinician, timeout=120) as client:
         response = submit(client, photos[0])
     assert response.status_code == 503, response.text
     assert response.json()["detail"] == "the screening queue is unavailable; try again later"
