@@ -22,7 +22,7 @@ from skinscreen.core.ham10000 import IMAGE_FOLDERS as HAM10000_IMAGE_FOLDERS
 from skinscreen.core.ham10000 import METADATA_FILE as HAM10000_METADATA
 from skinscreen.core.pad_ufes import IMAGES_FOLDER, METADATA_FILE
 
-from .queue import TRAINING_QUEUE, TRAINING_TASK_NAME
+from .queue import DEFAULT_MODEL_NAME, TRAINING_QUEUE, TRAINING_TASK_NAME
 
 # A data source that is not a folder: screenings with a confirmed diagnosis.
 CONFIRMED_SCREENINGS: Final = "confirmed-screenings"
@@ -36,7 +36,8 @@ Backbone = Literal[
 ]
 Balancing = Literal["weighted", "de-mutation", "none"]
 
-FUSION_MODEL_NAME: Final = "skinscreen-fusion"
+# The fusion model is the default model (`queue.DEFAULT_MODEL_NAME`): one name, written once.
+FUSION_MODEL_NAME: Final = DEFAULT_MODEL_NAME
 DERMOSCOPY_MODEL_NAME: Final = "skinscreen-dermoscopy"
 
 

@@ -21,8 +21,6 @@ from skinscreen.trainer.evaluation import ThresholdMethod
 from skinscreen.trainer.model import TEST_TIME_VIEWS, BackboneName, ModelSpec, TargetName
 from skinscreen.trainer.validation import RuleTargets
 
-DEFAULT_MODEL_NAME = FUSION_MODEL_NAME
-
 
 class TrainConfig(BaseModel):
     """Every knob of a run. Defaults are the configuration of the shipped model."""
@@ -31,7 +29,7 @@ class TrainConfig(BaseModel):
 
     data: Path = Field(description="PAD-UFES-20 folder holding metadata.csv and images/.")
     name: str = Field(
-        DEFAULT_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model name in the store."
+        FUSION_MODEL_NAME, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Model name in the store."
     )
 
     backbone: BackboneName = "efficientnet-lite0"
