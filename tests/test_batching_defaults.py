@@ -30,7 +30,7 @@ def test_batching_defaults_follow_the_provider(
     settings = Settings(**SERVERS)  # type: ignore[arg-type]
     assert (settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS) == (size, wait_ms)
     assert BATCHING_BY_PROVIDER[available[0]].max_batch_size == size
-    assert settings.CONCURRENCY == 2 * size
+    assert settings.CONCURRENCY == max(2 * size, 32)
     # Set, they are what they say, whatever the provider.
     monkeypatch.setenv("MAX_BATCH_SIZE", "7")
     monkeypatch.setenv("MAX_WAIT_MS", "3")

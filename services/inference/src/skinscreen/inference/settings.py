@@ -31,6 +31,13 @@ BATCHING_BY_PROVIDER: Final[dict[str, Batching]] = {
 }
 
 
+# Fewer held tasks than this stall deliveries even with small batches. `make bench` on 2
+# shared cores, CPU batches of 4: CONCURRENCY 8 gave p95 1008 ms at half saturation, 32
+# gave 115 ms (docs/benchmarks.md). The likely cause (not proven): with every slot taken,
+# kombu's Redis transport stops fetching and resumes on its next poll, up to 1 s later.
+MIN_CONCURRENCY: Final = 32
+
+
 def batching_defaults() -> Batching:
     from .model import providers  # onnxruntime: only when a default is needed
 
@@ -53,7 +60,10 @@ class Settings(SharedSettings):
         "already waiting always join); unset: by provider (BATCHING_BY_PROVIDER).",
     )
     CONCURRENCY: int = Field(
-        0, ge=0, description="Tasks held at once (worker threads); 0 means 2 x MAX_BATCH_SIZE."
+        0,
+        ge=0,
+        description="Tasks held at once (worker threads); 0 means 2 x MAX_BATCH_SIZE, and at "
+        "least MIN_CONCURRENCY.",
     )
     MAX_RETRIES: int = Field(5, ge=0, description="Retries on transient errors before `failed`.")
     RETRY_BACKOFF_S: float = Field(
@@ -113,7 +123,7 @@ class Settings(SharedSettings):
     @model_validator(mode="after")
     def _enough_threads_to_fill_a_batch(self) -> Settings:
         if self.CONCURRENCY == 0:
-            self.CONCURRENCY = 2 * self.MAX_BATCH_SIZE
+            self.CONCURRENCY = max(2 * self.MAX_BATCH_SIZE, MIN_CONCURRENCY)
         if self.CONCURRENCY < self.MAX_BATCH_SIZE:
             raise ValueError(
                 f"CONCURRENCY={self.CONCURRENCY} is below MAX_BATCH_SIZE={self.MAX_BATCH_SIZE}: "
