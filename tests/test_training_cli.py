@@ -168,6 +168,36 @@ def test_export_command_reproduces_the_run(
     assert output.stat().st_size > 1_000_000
 
 
+@pytest.mark.data
+@pytest.mark.slow
+def test_reexport_command_publishes_a_derived_version(
+    smoke_run: dict[str, Path], pad_ufes_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = smoke_run["root"] / "store"
+    before = set((store / "skinscreen-fusion").iterdir())
+    code = main(
+        [
+            "reexport",
+            "--checkpoint",
+            str(smoke_run["run"] / "checkpoint.pt"),
+            "--published",
+            str(smoke_run["published"]),
+            "--data",
+            str(pad_ufes_dir),
+            "--store",
+            str(store),
+        ]
+    )
+    assert code == 0
+    assert f"derived from {smoke_run['published'].name}" in capsys.readouterr().out
+    (derived,) = set((store / "skinscreen-fusion").iterdir()) - before
+    _, card = verified_model(derived)
+    assert card.derived_from is not None
+    assert card.derived_from.version == smoke_run["published"].name
+    assert card.derived_from.max_difference <= 1e-5
+    assert card.derived_from.photos == 64
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
