@@ -390,8 +390,8 @@ def test_config_and_secret_references_resolve(overlay: str, rendered: dict[str, 
             if "secret" in volume:
                 referenced_secrets.add(volume["secret"]["secretName"])
     assert referenced_secrets == {"skinscreen-database", "skinscreen-redis"}
-    # The operator token: without it the operator endpoints are open, which the gateway logs.
-    assert optional_secrets == {"skinscreen-operator"}
+    # No optional Secret: the operator token is gone (API keys live in the database).
+    assert optional_secrets == set()
     # prod reads Secrets its operators create; the others generate theirs.
     assert secrets == (set() if overlay == "prod" else referenced_secrets)
 
