@@ -76,7 +76,7 @@ def strip_metadata(data: bytes, format_name: str) -> Stripped:
     """The photo without metadata, in the same format (Pillow's format name)."""
     if format_name == "HEIF":
         return Stripped(strip_heif(data), None)
-    orientation = _orientation(data)
+    orientation = _orientation(data, format_name)
     if format_name == "JPEG":
         return Stripped(strip_jpeg(data, orientation), orientation)
     if format_name == "PNG":
@@ -86,11 +86,24 @@ def strip_metadata(data: bytes, format_name: str) -> Stripped:
     raise MetadataError(f"no metadata stripping for {format_name} files")
 
 
-def _orientation(data: bytes) -> int | None:
-    """The EXIF orientation Pillow (and so the model's preprocessing) reads, if not upright."""
+def _orientation(data: bytes, format_name: str) -> int | None:
+    """The EXIF orientation Pillow (and so the model's preprocessing) reads, if not upright.
+
+    Never decodes the pixels: on a PNG, Pillow's getexif() loads the whole image to look
+    for an eXIf chunk after the image data (gigabytes for a 7000 x 7000 photo, outside the
+    decode budget), so the chunk is found here and read as Pillow's PNG plugin reads it.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            value = image.getexif().get(ExifTags.Base.Orientation)
+        if format_name == "PNG":
+            body = next((body for kind, body, _ in _png_chunks(data) if kind == b"eXIf"), None)
+            if body is None:
+                return None
+            exif = Image.Exif()
+            exif.load(b"Exif\x00\x00" + body)
+            value = exif.get(ExifTags.Base.Orientation)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                value = image.getexif().get(ExifTags.Base.Orientation)
     except Exception:  # an unreadable EXIF block is not an orientation
         return None
     return value if isinstance(value, int) and 2 <= value <= 8 else None
