@@ -43,8 +43,14 @@ PREFIX_CHARS: Final = len(KEY_PREFIX) + 4  # e.g. sk_live_AbCd
 KEY_CHARS: Final = len(KEY_PREFIX) + 43
 KEY_PATTERN: Final = rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{43}}$"
 MAX_NAME_CHARS: Final = 200
+# A clinic's rate limit: requests per period (a CHECK on clinics, migration 0010).
+RATE_LIMIT_PATTERN: Final = r"^[1-9][0-9]{0,8}/(second|minute|hour|day)$"
+RATE_LIMIT_ALLOWED: Final = (
+    "'<requests>/<period>': 1 to 999999999 requests per second, minute, hour or day, "
+    "e.g. '60/minute'; null: the gateway's default"
+)
 
-CLINIC_COLUMNS: Final = "id, name, created_at"
+CLINIC_COLUMNS: Final = "id, name, created_at, rate_limit_screenings, rate_limit_reads"
 KEY_COLUMNS: Final = (
     "id, clinic_id, name, scopes, prefix, created_at, expires_at, revoked_at, last_used_at"
 )
@@ -71,6 +77,9 @@ class Clinic:
     id: UUID
     name: str
     created_at: datetime
+    # None: the gateway's default (RATE_LIMIT_SCREENINGS, RATE_LIMIT_READS).
+    rate_limit_screenings: str | None = None
+    rate_limit_reads: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,13 @@ def key_sha256(secret: str) -> bytes:
 
 
 def _clinic(row: asyncpg.Record) -> Clinic:
-    return Clinic(row["id"], row["name"], row["created_at"])
+    return Clinic(
+        row["id"],
+        row["name"],
+        row["created_at"],
+        row["rate_limit_screenings"],
+        row["rate_limit_reads"],
+    )
 
 
 def _key(row: asyncpg.Record) -> ApiKey:
@@ -126,13 +141,22 @@ def _key(row: asyncpg.Record) -> ApiKey:
 # --- Clinics ---------------------------------------------------------------------------------
 
 
-async def create_clinic(pool: Connection, name: str) -> Clinic:
+async def create_clinic(
+    pool: Connection,
+    name: str,
+    *,
+    rate_limit_screenings: str | None = None,
+    rate_limit_reads: str | None = None,
+) -> Clinic:
     """A new clinic; ClinicNameTakenError when the name is taken."""
     try:
         row = await pool.fetchrow(
-            f"INSERT INTO clinics (id, name) VALUES ($1, $2) RETURNING {CLINIC_COLUMNS}",
+            "INSERT INTO clinics (id, name, rate_limit_screenings, rate_limit_reads)"
+            f" VALUES ($1, $2, $3, $4) RETURNING {CLINIC_COLUMNS}",
             uuid4(),
             name,
+            rate_limit_screenings,
+            rate_limit_reads,
         )
     except asyncpg.UniqueViolationError as exc:
         raise ClinicNameTakenError(f"a clinic named {name!r} exists already") from exc
@@ -147,6 +171,28 @@ async def get_clinic(pool: Connection, clinic_id: UUID) -> Clinic | None:
 
 async def clinic_by_name(pool: Connection, name: str) -> Clinic | None:
     row = await pool.fetchrow(f"SELECT {CLINIC_COLUMNS} FROM clinics WHERE name = $1", name)
+    return None if row is None else _clinic(row)
+
+
+async def update_clinic(
+    pool: Connection, clinic_id: UUID, changes: dict[str, str | None]
+) -> Clinic | None:
+    """Set a clinic's name or rate limits (`changes`: column name to new value; a limit of None
+    is the gateway's default again). None if there is no such clinic; ClinicNameTakenError."""
+    allowed = {"name", "rate_limit_screenings", "rate_limit_reads"}
+    assert set(changes) <= allowed, f"only {sorted(allowed)} can change"
+    if not changes:
+        return await get_clinic(pool, clinic_id)
+    names = sorted(changes)
+    assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(names, start=2))
+    try:
+        row = await pool.fetchrow(
+            f"UPDATE clinics SET {assignments} WHERE id = $1 RETURNING {CLINIC_COLUMNS}",
+            clinic_id,
+            *(changes[name] for name in names),
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise ClinicNameTakenError(f"a clinic named {changes['name']!r} exists already") from exc
     return None if row is None else _clinic(row)
 
 
@@ -230,17 +276,21 @@ async def revoke_key(pool: Connection, key_id: UUID) -> ApiKey | None:
 # database's clock, and, for a usable key last marked used over LAST_USED_EVERY_S ago, the mark.
 AUTHENTICATE: Final = f"""
 WITH found AS (
-    SELECT id, clinic_id, scopes, revoked_at, expires_at,
+    SELECT api_keys.id, clinic_id, scopes, revoked_at, expires_at,
+           clinics.rate_limit_screenings, clinics.rate_limit_reads,
            revoked_at IS NOT NULL AS revoked,
            expires_at IS NOT NULL AND expires_at <= now() AS expired,
            last_used_at IS NULL
              OR last_used_at < now() - make_interval(secs => {LAST_USED_EVERY_S}) AS stale
-    FROM api_keys WHERE key_sha256 = $1
+    FROM api_keys LEFT JOIN clinics ON clinics.id = api_keys.clinic_id
+    WHERE key_sha256 = $1
 ), touched AS (
     UPDATE api_keys SET last_used_at = now()
     WHERE id = (SELECT id FROM found WHERE NOT revoked AND NOT expired AND stale)
 )
-SELECT id, clinic_id, scopes, revoked_at, expires_at, revoked, expired FROM found
+SELECT id, clinic_id, scopes, revoked_at, expires_at, revoked, expired,
+       rate_limit_screenings, rate_limit_reads
+FROM found
 """
 
 
@@ -255,6 +305,9 @@ class KeyCheck:
     expires_at: datetime | None
     revoked: bool
     expired: bool
+    # The key's clinic's rate limits; None: the gateway's defaults.
+    rate_limit_screenings: str | None = None
+    rate_limit_reads: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -275,4 +328,6 @@ async def authenticate(pool: Connection, secret: str) -> KeyCheck | None:
         expires_at=row["expires_at"],
         revoked=row["revoked"],
         expired=row["expired"],
+        rate_limit_screenings=row["rate_limit_screenings"],
+        rate_limit_reads=row["rate_limit_reads"],
     )

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Security
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
@@ -41,7 +41,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityS
 from skinscreen.runtime import accounts
 from skinscreen.runtime.accounts import Scope
 
-from .deps import ServicesDep
+from .deps import Services, ServicesDep
+from .ratelimit import TOO_MANY_REQUESTS, Budget, budget_of
 from .schemas import Problem
 
 __all__ = [
@@ -78,6 +79,9 @@ class Principal:
     key_id: UUID
     clinic_id: UUID | None
     scopes: frozenset[Scope]
+    # The clinic's own rate limits; None: the gateway's defaults (ratelimit.py).
+    rate_limit_screenings: str | None = None
+    rate_limit_reads: str | None = None
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes
@@ -113,6 +117,7 @@ def _key_sent(request: Request, credentials: HTTPAuthorizationCredentials | None
 
 async def authenticate(
     request: Request,
+    response: Response,
     security_scopes: SecurityScopes,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -143,7 +148,13 @@ async def authenticate(
             "ask an operator for a new one",
             "invalid_token",
         )
-    principal = Principal(found.key_id, found.clinic_id, found.scopes)
+    principal = Principal(
+        found.key_id,
+        found.clinic_id,
+        found.scopes,
+        found.rate_limit_screenings,
+        found.rate_limit_reads,
+    )
     request.state.principal = principal
     admitted = [Scope(scope) for scope in security_scopes.scopes]
     if admitted and not any(principal.has(scope) for scope in admitted):
@@ -154,7 +165,31 @@ async def authenticate(
             f"this operation needs a key with the {needed} scope; this key has: {held}",
             headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
         )
+    await _spend(request, response, services, principal)
     return principal
+
+
+async def _spend(
+    request: Request, response: Response, services: Services, principal: Principal
+) -> None:
+    """One request of the key's budget for this operation; 429 when it is spent."""
+    budget = budget_of(request.method, request.url.path)
+    settings = services.settings
+    if budget is Budget.SCREENINGS:
+        limit = principal.rate_limit_screenings or settings.RATE_LIMIT_SCREENINGS
+    else:
+        limit = principal.rate_limit_reads or settings.RATE_LIMIT_READS
+    decision = await services.limiter.hit(budget, str(principal.key_id), limit)
+    if decision is None:
+        return  # Redis did not answer: fail open (ratelimit.py)
+    if not decision.allowed:
+        raise HTTPException(
+            429,
+            f"rate limit of this key's {budget.value} budget reached ({limit}); "
+            f"retry in {decision.reset_s} s",
+            headers=decision.headers,
+        )
+    response.headers.update(decision.headers)
 
 
 def require_scope(*scopes: Scope) -> Any:
@@ -217,6 +252,7 @@ def document(router: APIRouter) -> APIRouter:
             if scopes is None:
                 continue
             route.responses.setdefault(401, UNAUTHENTICATED)
+            route.responses.setdefault(429, TOO_MANY_REQUESTS)
             if scopes:
                 route.responses.setdefault(403, FORBIDDEN)
     return router

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from skinscreen.runtime.blobs import BlobStore
 
 from .notifications import FinishedScreenings
+from .ratelimit import RateLimiter
 from .served_models import ServedModels
 from .settings import Settings
 
@@ -28,6 +29,7 @@ class Services:
     blobs: BlobStore
     finished: FinishedScreenings
     models: ServedModels
+    limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:

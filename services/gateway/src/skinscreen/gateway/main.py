@@ -25,6 +25,7 @@ from .methods import AllowedMethods
 from .metrics import MetricsMiddleware, record_rejection
 from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
+from .ratelimit import RateLimiter
 from .routes import clinics, diagnoses, health, models, screenings, training_runs
 from .served_models import ServedModels
 from .settings import Settings, get_settings
@@ -74,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         blobs=BlobStore(settings.BLOB_DIR),
         finished=finished,
         models=ServedModels(pool),
+        limiter=RateLimiter(settings.REDIS_URL, settings.REDIS_TIMEOUT_S),
     )
     try:
         yield

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.decision import Reason
+from skinscreen.runtime.accounts import RATE_LIMIT_ALLOWED, RATE_LIMIT_PATTERN
 
 
 def _without_nul(value: str) -> str:
@@ -284,18 +285,50 @@ class ApiScope(StrEnum):
 
 
 Name = Annotated[Text, Field(min_length=1, max_length=200)]
+RateLimit = Annotated[str, Field(pattern=RATE_LIMIT_PATTERN, max_length=20)]
 
 
 class ClinicIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(description="Unique among clinics, 1-200 characters.")
+    rate_limit_screenings: RateLimit | None = Field(
+        None,
+        description=f"Screenings each of the clinic's keys may post: {RATE_LIMIT_ALLOWED}.",
+        examples=["60/minute"],
+    )
+    rate_limit_reads: RateLimit | None = Field(
+        None,
+        description="Other requests each of the clinic's keys may make (reads, lists, waits, "
+        f"diagnoses): {RATE_LIMIT_ALLOWED}.",
+        examples=["600/minute"],
+    )
+
+
+class ClinicPatch(BaseModel):
+    """What changes; a field left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = Field(None, description="Unique among clinics, 1-200 characters.")
+    rate_limit_screenings: RateLimit | None = Field(
+        None, description=f"Screenings each key may post: {RATE_LIMIT_ALLOWED}."
+    )
+    rate_limit_reads: RateLimit | None = Field(
+        None, description=f"Other requests each key may make: {RATE_LIMIT_ALLOWED}."
+    )
 
 
 class ClinicOut(BaseModel):
     id: UUID
     name: str
     created_at: datetime
+    rate_limit_screenings: str | None = Field(
+        description="Screenings each key may post; null: the service's default."
+    )
+    rate_limit_reads: str | None = Field(
+        description="Other requests each key may make; null: the service's default."
+    )
 
 
 class ClinicList(BaseModel):

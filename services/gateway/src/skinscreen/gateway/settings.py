@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
+from skinscreen.runtime.accounts import RATE_LIMIT_PATTERN
 from skinscreen.runtime.settings import SharedSettings
 
 
@@ -37,6 +38,19 @@ class Settings(SharedSettings):
     )
     MAX_WAIT_S: float = Field(30.0, gt=0, le=30, description="Upper bound of ?wait=N.")
     DB_POOL_SIZE: int = Field(10, gt=0)
+    # Per API key, counted in Redis (ratelimit.py); a clinic may have its own (PATCH
+    # /v1/clinics/{id}). A refused request gets 429 with Retry-After.
+    RATE_LIMIT_SCREENINGS: str = Field(
+        "60/minute",
+        pattern=RATE_LIMIT_PATTERN,
+        description="Screenings one key may post: '<requests>/<second|minute|hour|day>'.",
+    )
+    RATE_LIMIT_READS: str = Field(
+        "600/minute",
+        pattern=RATE_LIMIT_PATTERN,
+        description="Other requests one key may make (reads, lists, waits, diagnoses, "
+        "management): '<requests>/<second|minute|hour|day>'.",
+    )
     CORS_ALLOW_ORIGINS: str = Field(
         "",
         description="Comma-separated origins (e.g. https://app.example.org) whose web pages may "

@@ -22,11 +22,13 @@ from ..schemas import (
     ClinicIn,
     ClinicList,
     ClinicOut,
+    ClinicPatch,
     KeyCreated,
     KeyIn,
     KeyList,
     KeyOut,
     Problem,
+    ValidationProblem,
 )
 
 CLINICS: Final = "/v1/clinics"
@@ -40,7 +42,13 @@ NO_CLINIC: Final[dict[int | str, dict[str, object]]] = {
 
 
 def _clinic(clinic: accounts.Clinic) -> ClinicOut:
-    return ClinicOut(id=clinic.id, name=clinic.name, created_at=clinic.created_at)
+    return ClinicOut(
+        id=clinic.id,
+        name=clinic.name,
+        created_at=clinic.created_at,
+        rate_limit_screenings=clinic.rate_limit_screenings,
+        rate_limit_reads=clinic.rate_limit_reads,
+    )
 
 
 def _key(key: accounts.ApiKey) -> KeyOut:
@@ -69,9 +77,47 @@ def _key(key: accounts.ApiKey) -> KeyOut:
 )
 async def create_clinic(body: ClinicIn, services: ServicesDep) -> ClinicOut:
     try:
-        clinic = await accounts.create_clinic(services.pool, body.name)
+        clinic = await accounts.create_clinic(
+            services.pool,
+            body.name,
+            rate_limit_screenings=body.rate_limit_screenings,
+            rate_limit_reads=body.rate_limit_reads,
+        )
     except accounts.ClinicNameTakenError as exc:
         raise HTTPException(409, f"name: {exc}; choose another name") from exc
+    return _clinic(clinic)
+
+
+@router.patch(
+    CLINICS + "/{clinic_id}",
+    response_model=ClinicOut,
+    summary="Rename a clinic or set its rate limits (null: the service's default again)",
+    responses={
+        **UNPARSABLE_BODY,
+        **NO_CLINIC,
+        409: {"model": Problem, "description": "A clinic with this name exists already."},
+        422: {"model": ValidationProblem, "description": "A field is malformed; nothing changed."},
+    },
+)
+async def update_clinic(clinic_id: UUID, body: ClinicPatch, services: ServicesDep) -> ClinicOut:
+    changes = body.model_dump(include=body.model_fields_set)
+    if changes.get("name", "") is None:
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["body", "name"],
+                    "msg": "name cannot be null; leave it out to keep the name",
+                    "type": "null_name",
+                }
+            ],
+        )
+    try:
+        clinic = await accounts.update_clinic(services.pool, clinic_id, changes)
+    except accounts.ClinicNameTakenError as exc:
+        raise HTTPException(409, f"name: {exc}; choose another name") from exc
+    if clinic is None:
+        raise HTTPException(404, f"no clinic with id {clinic_id}")
     return _clinic(clinic)
 
 
