@@ -72,7 +72,19 @@ dermoscopy-lite0: $(INSTALLED)
 	$(VENV)/bin/skinscreen-research dermoscopy-lite0 --data $(HAM10000) --reference $(REFERENCE) \
 		--runs $(RUNS) $(LITE0_OPTIONS)
 
-test: $(INSTALLED)
+# Debian's Chromium, which the browser tests (tests/serving/test_app.py) drive through Playwright;
+# where it cannot be installed (not root, no apt-get) they skip and say why.
+CHROMIUM := /usr/bin/chromium
+.PHONY: chromium
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium) \
+		|| echo "could not install Debian's chromium: the browser tests will skip"; \
+	else echo "no $(CHROMIUM), and apt-get as root is not available to install Debian's chromium: the browser tests will skip"; fi
+
+test: $(INSTALLED) chromium
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
