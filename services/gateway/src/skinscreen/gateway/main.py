@@ -26,7 +26,8 @@ from .metrics import MetricsMiddleware, record_rejection
 from .metrics import router as metrics_router
 from .notifications import FinishedScreenings
 from .ratelimit import RateLimiter
-from .routes import clinics, diagnoses, health, models, screenings, training_runs
+from .requestid import RequestId
+from .routes import audit, clinics, diagnoses, health, models, screenings, training_runs
 from .served_models import ServedModels
 from .settings import Settings, get_settings
 
@@ -122,6 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the metrics middleware, which then counts its OPTIONS and 405 answers too.
     app.add_middleware(AllowedMethods)
     app.add_middleware(MetricsMiddleware)
+    # Each request's id (X-Request-ID), for the audit trail; on every answer.
+    app.add_middleware(RequestId)
     # Outermost: security headers on every answer; CORS only for CORS_ALLOW_ORIGINS.
     security.install(app, settings.CORS_ALLOW_ORIGINS, settings.HSTS_MAX_AGE_S)
     app.include_router(health.router)
@@ -131,6 +134,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         unavailable.document(auth.document(screenings.router), retry_after_s),
         max_body_size=upload_limit + FORM_OVERHEAD_BYTES,
     )
-    for router in (diagnoses.router, training_runs.router, models.router, clinics.router):
+    for router in (
+        diagnoses.router,
+        training_runs.router,
+        models.router,
+        clinics.router,
+        audit.router,
+    ):
         app.include_router(unavailable.document(auth.document(router), retry_after_s))
     return app

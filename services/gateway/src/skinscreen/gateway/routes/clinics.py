@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Final
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from skinscreen.runtime import accounts
 from skinscreen.runtime.accounts import Scope
 
+from .. import audited
+from ..audited import Action
 from ..auth import require_scope
 from ..deps import ServicesDep
 from ..schemas import (
@@ -75,7 +77,7 @@ def _key(key: accounts.ApiKey) -> KeyOut:
         409: {"model": Problem, "description": "A clinic with this name exists already."},
     },
 )
-async def create_clinic(body: ClinicIn, services: ServicesDep) -> ClinicOut:
+async def create_clinic(body: ClinicIn, services: ServicesDep, request: Request) -> ClinicOut:
     try:
         clinic = await accounts.create_clinic(
             services.pool,
@@ -85,6 +87,7 @@ async def create_clinic(body: ClinicIn, services: ServicesDep) -> ClinicOut:
         )
     except accounts.ClinicNameTakenError as exc:
         raise HTTPException(409, f"name: {exc}; choose another name") from exc
+    await audited.record(request, services.pool, Action.CLINIC_CREATED, clinic.id)
     return _clinic(clinic)
 
 
@@ -99,7 +102,9 @@ async def create_clinic(body: ClinicIn, services: ServicesDep) -> ClinicOut:
         422: {"model": ValidationProblem, "description": "A field is malformed; nothing changed."},
     },
 )
-async def update_clinic(clinic_id: UUID, body: ClinicPatch, services: ServicesDep) -> ClinicOut:
+async def update_clinic(
+    clinic_id: UUID, body: ClinicPatch, services: ServicesDep, request: Request
+) -> ClinicOut:
     changes = body.model_dump(include=body.model_fields_set)
     if changes.get("name", "") is None:
         raise HTTPException(
@@ -118,6 +123,9 @@ async def update_clinic(clinic_id: UUID, body: ClinicPatch, services: ServicesDe
         raise HTTPException(409, f"name: {exc}; choose another name") from exc
     if clinic is None:
         raise HTTPException(404, f"no clinic with id {clinic_id}")
+    await audited.record(
+        request, services.pool, Action.CLINIC_UPDATED, clinic_id, changed=sorted(changes)
+    )
     return _clinic(clinic)
 
 
@@ -135,7 +143,9 @@ async def list_clinics(services: ServicesDep) -> ClinicList:
     summary="Create an API key for a clinic; the key is in this answer only",
     responses={**UNPARSABLE_BODY, **NO_CLINIC},
 )
-async def create_key(clinic_id: UUID, body: KeyIn, services: ServicesDep) -> KeyCreated:
+async def create_key(
+    clinic_id: UUID, body: KeyIn, services: ServicesDep, request: Request
+) -> KeyCreated:
     try:
         created = await accounts.create_key(
             services.pool,
@@ -146,6 +156,14 @@ async def create_key(clinic_id: UUID, body: KeyIn, services: ServicesDep) -> Key
         )
     except accounts.ClinicNotFoundError as exc:
         raise HTTPException(404, f"no clinic with id {clinic_id}") from exc
+    await audited.record(
+        request,
+        services.pool,
+        Action.KEY_CREATED,
+        created.key.id,
+        clinic_id=str(clinic_id),
+        scopes=[scope.value for scope in created.key.scopes],
+    )
     return KeyCreated(**_key(created.key).model_dump(), key=created.secret)
 
 
@@ -167,8 +185,9 @@ async def list_keys(clinic_id: UUID, services: ServicesDep) -> KeyList:
     summary="Revoke an API key, from the next request on; revoking it again changes nothing",
     responses={404: {"model": Problem, "description": "No API key with this id."}},
 )
-async def revoke_key(key_id: UUID, services: ServicesDep) -> KeyOut:
+async def revoke_key(key_id: UUID, services: ServicesDep, request: Request) -> KeyOut:
     revoked = await accounts.revoke_key(services.pool, key_id)
     if revoked is None:
         raise HTTPException(404, f"no API key with id {key_id}")
+    await audited.record(request, services.pool, Action.KEY_REVOKED, key_id)
     return _key(revoked)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from skinscreen.runtime import screenings
 
+from .. import audited
+from ..audited import Action
 from ..auth import ScreeningReaderKey
 from ..deps import ServicesDep
 from ..schemas import UNPARSABLE_BODY, DiagnosisIn, DiagnosisOut, Problem
@@ -34,6 +36,7 @@ async def record_diagnosis(
     response: Response,
     services: ServicesDep,
     principal: ScreeningReaderKey,
+    request: Request,
 ) -> DiagnosisOut:
     recorded = await screenings.record_diagnosis(
         services.pool,
@@ -46,6 +49,10 @@ async def record_diagnosis(
     if recorded is None:
         raise HTTPException(404, f"no screening with id {screening_id}")
     row, replaced = recorded
+    # Which screening and that it was replaced; the diagnosis and patient id are health data.
+    await audited.record(
+        request, services.pool, Action.DIAGNOSIS_RECORDED, screening_id, replaced=replaced
+    )
     if replaced:
         response.status_code = 200
     return DiagnosisOut(**{key: row[key] for key in DiagnosisOut.model_fields})
@@ -58,9 +65,10 @@ async def record_diagnosis(
     responses={404: {"model": Problem, "description": "No screening, or no diagnosis yet."}},
 )
 async def read_diagnosis(
-    screening_id: UUID, services: ServicesDep, principal: ScreeningReaderKey
+    screening_id: UUID, services: ServicesDep, principal: ScreeningReaderKey, request: Request
 ) -> DiagnosisOut:
     row = await screenings.get_diagnosis(services.pool, screening_id, principal.visible_clinic)
     if row is None:
         raise HTTPException(404, f"no diagnosis recorded for screening {screening_id}")
+    await audited.record(request, services.pool, Action.DIAGNOSIS_READ, screening_id)
     return DiagnosisOut(**row)

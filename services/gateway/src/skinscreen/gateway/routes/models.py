@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from skinscreen.core.card import ModelIntegrityError
 from skinscreen.runtime import registry
 from skinscreen.runtime.artifacts import ArtifactNotFoundError
 
+from .. import audited
+from ..audited import Action
 from ..auth import Scope, require_scope
 from ..deps import ServicesDep
 from ..schemas import (
@@ -125,7 +127,7 @@ async def _announce(services: ServicesDep, version: registry.ModelVersion) -> No
     responses=SWITCH_ERRORS,
 )
 async def promote(
-    name: Text, version: Text, body: SwitchRequest, services: ServicesDep
+    name: Text, version: Text, body: SwitchRequest, services: ServicesDep, request: Request
 ) -> ModelVersionOut:
     try:
         active = await registry.promote(
@@ -135,6 +137,13 @@ async def promote(
         raise HTTPException(404, str(exc)) from exc
     except (ModelIntegrityError, ArtifactNotFoundError) as exc:
         raise HTTPException(409, f"not promoted, the active version is unchanged: {exc}") from exc
+    await audited.record(
+        request,
+        services.pool,
+        Action.MODEL_PROMOTED,
+        f"{name}@{active.version}",
+        requested_by=body.requested_by,
+    )
     await _announce(services, active)
     return _out(active)
 
@@ -146,7 +155,9 @@ async def promote(
     summary="Re-activate the version that was active before the current one was promoted",
     responses=SWITCH_ERRORS,
 )
-async def rollback(name: Text, body: SwitchRequest, services: ServicesDep) -> ModelVersionOut:
+async def rollback(
+    name: Text, body: SwitchRequest, services: ServicesDep, request: Request
+) -> ModelVersionOut:
     try:
         active = await registry.rollback(
             services.pool, name, actor=body.requested_by, reason=body.reason
@@ -159,5 +170,12 @@ async def rollback(name: Text, body: SwitchRequest, services: ServicesDep) -> Mo
         raise HTTPException(
             409, f"not rolled back, the active version is unchanged: {exc}"
         ) from exc
+    await audited.record(
+        request,
+        services.pool,
+        Action.MODEL_ROLLED_BACK,
+        f"{name}@{active.version}",
+        requested_by=body.requested_by,
+    )
     await _announce(services, active)
     return _out(active)

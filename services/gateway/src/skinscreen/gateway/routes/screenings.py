@@ -31,6 +31,8 @@ from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime import screenings
 from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
+from .. import audited
+from ..audited import Action
 from ..auth import ClinicianKey, ScreeningReaderKey
 from ..deps import ServicesDep
 from ..errors import FIELDS as CLINICAL_FIELDS
@@ -421,6 +423,9 @@ async def create_screening(
         await screenings.delete(services.pool, screening_id)
         services.blobs.delete(blob_key)
         raise HTTPException(503, "the screening queue is unavailable; try again later") from exc
+    await audited.record(
+        request, services.pool, Action.SCREENING_CREATED, screening_id, model=served.name
+    )
     return _accepted(response, screening_id)
 
 
@@ -465,6 +470,7 @@ async def read_screening(
     screening_id: UUID,
     services: ServicesDep,
     principal: ScreeningReaderKey,
+    request: Request,
     wait: Annotated[
         float,
         Query(
@@ -481,7 +487,11 @@ async def read_screening(
         return row
 
     if wait <= 0:
-        return _screening(await fetch())
+        row = await fetch()
+        await audited.record(request, services.pool, Action.SCREENING_READ, screening_id)
+        return _screening(row)
+    await fetch()  # 404 before anything is audited
+    await audited.record(request, services.pool, Action.SCREENING_WAITED, screening_id, wait=wait)
     # Subscribe before reading, so a result written in between still wakes us.
     async with services.finished.watch(screening_id) as finished:
         row = await fetch()
@@ -506,6 +516,7 @@ async def read_screening(
 async def list_screenings(
     services: ServicesDep,
     principal: ScreeningReaderKey,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
         str | None, Query(description="next_cursor of the previous page; omit for the first.")
@@ -536,4 +547,14 @@ async def list_screenings(
                 )
             ]
         ) from exc
+    await audited.record(
+        request,
+        services.pool,
+        Action.SCREENINGS_LISTED,
+        None,
+        count=len(page.rows),
+        clinic=None if (visible or clinic) is None else str(visible or clinic),
+        model=model,
+        ids=[str(row["id"]) for row in page.rows],
+    )
     return ScreeningPage(items=[_screening(row) for row in page.rows], next_cursor=page.next_cursor)

@@ -6,7 +6,7 @@ import logging
 from typing import Annotated, Any, Final
 from uuid import UUID
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from skinscreen.runtime import training_runs
 from skinscreen.runtime.training_runs import REQUESTS, TrainingRequest, parse_training_request
 
+from .. import audited
+from ..audited import Action
 from ..auth import Scope, require_scope
 from ..deps import ServicesDep
 from ..schemas import (
@@ -94,6 +96,7 @@ async def create_training_run(
     body: Annotated[dict[str, Any], Body(description="The fields of the model's request.")],
     response: Response,
     services: ServicesDep,
+    http_request: Request,
     requested_by: Annotated[
         Text, Query(min_length=1, max_length=100, description="Who asks; kept with the run.")
     ] = "api",
@@ -118,6 +121,13 @@ async def create_training_run(
     except Exception as exc:
         logger.exception("could not enqueue a training run")
         raise HTTPException(503, "the training queue is unavailable; try again later") from exc
+    await audited.record(
+        http_request,
+        services.pool,
+        Action.TRAINING_RUN_REQUESTED,
+        run_id,
+        requested_by=requested_by,
+    )
     links = _links(run_id)
     response.headers["Location"] = links.self
     return TrainingRunAccepted(id=run_id, status="queued", links=links)
@@ -158,10 +168,11 @@ async def list_training_runs(
         409: {"model": Problem, "description": "The run already finished."},
     },
 )
-async def cancel_training_run(run_id: UUID, services: ServicesDep) -> TrainingRun:
+async def cancel_training_run(run_id: UUID, services: ServicesDep, request: Request) -> TrainingRun:
     row = await training_runs.request_cancel(services.pool, run_id)
     if row is None:
         raise HTTPException(404, f"no training run with id {run_id}")
     if row["status"] in training_runs.FINISHED and row["status"] != "cancelled":
         raise HTTPException(409, f"training run {run_id} already {row['status']}")
+    await audited.record(request, services.pool, Action.TRAINING_RUN_CANCELLED, run_id)
     return _run(row)
