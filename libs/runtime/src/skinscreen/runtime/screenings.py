@@ -34,7 +34,7 @@ from .database import FINISHED_CHANNEL
 COLUMNS: Final = (
     "id, status, model_name, clinical, created_at, updated_at, completed_at, cancer_probability,"
     " suspicious, reasons, threshold, melanoma_threshold, diagnosis_probabilities,"
-    " model_version, failure_reason"
+    " model_version, failure_reason, erased_at"
 )
 DIAGNOSIS_COLUMNS: Final = (
     "screening_id, diagnosis, confirmed_by, patient_id, recorded_at, updated_at"
@@ -181,7 +181,8 @@ async def list_page(
     Raises InvalidCursorError, before reading anything, for a cursor this did not issue.
     """
     arguments: list[Any] = [limit + 1]
-    conditions = []
+    # Erased screenings (tombstones) are left out of lists; reading one says it was erased.
+    conditions = ["erased_at IS NULL"]
     if cursor is not None:
         arguments.extend(decode_cursor(cursor))
         conditions.append("(created_at, id) < ($2, $3)")
@@ -191,7 +192,7 @@ async def list_page(
     if clinic_id is not None:
         arguments.append(clinic_id)
         conditions.append(f"clinic_id = ${len(arguments)}")
-    where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+    where = "WHERE " + " AND ".join(conditions)
     rows = await pool.fetch(
         f"SELECT {COLUMNS} FROM screenings {where} ORDER BY created_at DESC, id DESC LIMIT $1",
         *arguments,
@@ -441,7 +442,7 @@ async def record_diagnosis(
     row = await pool.fetchrow(
         "INSERT INTO diagnoses (screening_id, diagnosis, confirmed_by, patient_id)"
         " SELECT id, $2, $3, coalesce($4, id::text) FROM screenings"
-        f" WHERE id = $1 AND {VISIBLE.format(n=5)}"
+        f" WHERE id = $1 AND erased_at IS NULL AND {VISIBLE.format(n=5)}"
         " ON CONFLICT (screening_id) DO UPDATE SET diagnosis = excluded.diagnosis,"
         " confirmed_by = excluded.confirmed_by, patient_id = excluded.patient_id,"
         " updated_at = now()"
@@ -481,3 +482,83 @@ async def confirmed(pool: Connection) -> list[asyncpg.Record]:
         " FROM diagnoses AS d JOIN screenings AS s ON s.id = d.screening_id ORDER BY s.id"
     )
     return rows
+
+
+# --- Erasure -------------------------------------------------------------------------------
+
+# The published versions (promoted at least once) whose training run started after the
+# screening's diagnosis was recorded: the run could have trained on it (runs do not record the
+# screenings they read), so their cards and validation numbers derive from it.
+TRAINED_ON: Final = """
+SELECT v.name || '@' || v.version AS version
+FROM diagnoses AS d
+JOIN training_runs AS r ON r.started_at >= d.recorded_at
+JOIN model_versions AS v ON v.training_run_id = r.id AND v.promoted_at IS NOT NULL
+WHERE d.screening_id = $1
+ORDER BY 1
+"""
+
+# The tombstone: no answers, no photo, no diagnosis; an unfinished screening fails, so a
+# worker that gets its task still queued skips it (task_inputs: not unfinished).
+ERASE: Final = f"""
+WITH erased AS (
+    UPDATE screenings
+    SET clinical = NULL, image_key = NULL, erased_at = now(), updated_at = now(),
+        failure_reason = CASE WHEN status IN ('queued', 'running')
+                              THEN 'erased before it was screened' ELSE failure_reason END,
+        completed_at = CASE WHEN status IN ('queued', 'running')
+                            THEN now() ELSE completed_at END,
+        status = CASE WHEN status IN ('queued', 'running') THEN 'failed' ELSE status END
+    WHERE id = $1
+    RETURNING id, erased_at
+), diagnosis AS (
+    DELETE FROM diagnoses WHERE screening_id = $1
+)
+SELECT erased_at, pg_notify('{FINISHED_CHANNEL}', id::text) FROM erased
+"""
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What `erase` found and did. `found` False: no such screening (in the clinic).
+    `erased_before`: it was erased already (nothing done). `trained_on`: published versions
+    that could have trained on it (not erased unless forced). `image_key`: the photo to
+    remove once the transaction commits."""
+
+    found: bool
+    erased_at: datetime | None = None
+    erased_before: bool = False
+    trained_on: tuple[str, ...] = ()
+    image_key: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.found and not self.erased_before and self.image_key is not None
+
+
+async def erase(
+    connection: Connection, screening_id: UUID, clinic_id: UUID | None, *, force: bool
+) -> Erasure:
+    """Erase a screening's photo reference, clinical answers and diagnosis, in the caller's
+    transaction; the caller removes the photo (`image_key`) after commit."""
+    row = await connection.fetchrow(
+        f"SELECT image_key, erased_at FROM screenings WHERE id = $1 AND {VISIBLE.format(n=2)}"
+        " FOR UPDATE",
+        screening_id,
+        clinic_id,
+    )
+    if row is None:
+        return Erasure(found=False)
+    if row["erased_at"] is not None:
+        return Erasure(found=True, erased_at=row["erased_at"], erased_before=True)
+    trained_on = tuple(r["version"] for r in await connection.fetch(TRAINED_ON, screening_id))
+    if trained_on and not force:
+        return Erasure(found=True, trained_on=trained_on)
+    erased = await connection.fetchrow(ERASE, screening_id)
+    assert erased is not None
+    return Erasure(
+        found=True,
+        erased_at=erased["erased_at"],
+        trained_on=trained_on,
+        image_key=row["image_key"],
+    )

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import re
+from datetime import datetime
 from typing import Annotated, Final, cast
 from uuid import UUID, uuid4
 
@@ -23,7 +24,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import FormData
 
 from skinscreen.core.clinical import ClinicalInput
@@ -33,7 +34,7 @@ from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
 from .. import audited
 from ..audited import Action
-from ..auth import ClinicianKey, ScreeningReaderKey
+from ..auth import ClinicianKey, Scope, ScreeningReaderKey
 from ..deps import ServicesDep
 from ..errors import FIELDS as CLINICAL_FIELDS
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
@@ -108,6 +109,19 @@ def _screening(row: asyncpg.Record) -> Screening:
         failure_reason=row["failure_reason"],
         links=_link(row["id"]),
     )
+
+
+ERASED: Final[dict[int | str, dict[str, object]]] = {
+    410: {
+        "model": Problem,
+        "description": "The screening was erased (DELETE): its photo, clinical answers and "
+        "diagnosis are gone.",
+    }
+}
+
+
+def _gone(screening_id: UUID, erased_at: object) -> HTTPException:
+    return HTTPException(410, f"screening {screening_id} was erased at {erased_at}")
 
 
 def _unprocessable(problems: list[FieldError]) -> HTTPException:
@@ -463,7 +477,8 @@ async def _served_model(
             "model": Problem,
             "description": "No screening with this id that this key may see (another clinic's "
             "screening reads exactly as one that does not exist).",
-        }
+        },
+        **ERASED,
     },
 )
 async def read_screening(
@@ -484,6 +499,8 @@ async def read_screening(
         row = await screenings.get(services.pool, screening_id, principal.visible_clinic)
         if row is None:
             raise HTTPException(404, f"no screening with id {screening_id}")
+        if row["erased_at"] is not None:
+            raise _gone(screening_id, row["erased_at"])
         return row
 
     if wait <= 0:
@@ -558,3 +575,80 @@ async def list_screenings(
         ids=[str(row["id"]) for row in page.rows],
     )
     return ScreeningPage(items=[_screening(row) for row in page.rows], next_cursor=page.next_cursor)
+
+
+class ScreeningErased(BaseModel):
+    id: UUID
+    erased_at: datetime
+    forced_over: list[str] = Field(
+        description="Published model versions whose training could have used this screening, "
+        "erased anyway (?force=true); empty otherwise."
+    )
+
+
+@router.delete(
+    "/{screening_id}",
+    response_model=ScreeningErased,
+    summary="Erase a screening: its photo, clinical answers and diagnosis; a tombstone stays",
+    responses={
+        403: {
+            "model": Problem,
+            "description": "?force=true from a key without the operator scope.",
+        },
+        404: {"model": Problem, "description": "No screening with this id that this key may see."},
+        409: {
+            "model": Problem,
+            "description": "A published model's training run could have used this screening "
+            "(its diagnosis was recorded before the run started); an operator may erase it "
+            "anyway with ?force=true. Nothing was erased.",
+        },
+        **ERASED,
+    },
+)
+async def erase_screening(
+    screening_id: UUID,
+    services: ServicesDep,
+    principal: ScreeningReaderKey,
+    request: Request,
+    force: Annotated[
+        bool,
+        Query(
+            description="Operators only: erase even a screening a published model could have "
+            "been trained on (that model's card and validation can then not be reproduced)."
+        ),
+    ] = False,
+) -> ScreeningErased:
+    if force and not principal.has(Scope.OPERATOR):
+        raise HTTPException(
+            403, "force: only a key with the operator scope may force an erasure; leave it out"
+        )
+    async with services.pool.acquire() as connection, connection.transaction():
+        erasure = await screenings.erase(
+            connection, screening_id, principal.visible_clinic, force=force
+        )
+        if not erasure.found:
+            raise HTTPException(404, f"no screening with id {screening_id}")
+        if erasure.erased_before:
+            raise _gone(screening_id, erasure.erased_at)
+        if not erasure.done:
+            versions = ", ".join(erasure.trained_on)
+            raise HTTPException(
+                409,
+                f"not erased: published model versions ({versions}) were trained after this "
+                "screening's diagnosis was recorded and could have learned from it; erasing it "
+                "breaks their reproducibility (an operator may erase it with ?force=true)",
+            )
+        await audited.record(
+            request,
+            connection,
+            Action.SCREENING_ERASED,
+            screening_id,
+            forced_over=list(erasure.trained_on),
+        )
+    assert erasure.image_key is not None
+    assert erasure.erased_at is not None
+    # After commit: a crash in between leaves an orphan file, never a row without its photo.
+    await run_in_threadpool(services.blobs.delete, erasure.image_key)
+    return ScreeningErased(
+        id=screening_id, erased_at=erasure.erased_at, forced_over=list(erasure.trained_on)
+    )
