@@ -30,9 +30,9 @@ from tests.serving.conftest import Keys
 
 # The operations only an operator's key may call: those whose security requirement admits the
 # operator scope alone (promote, rollback; start, list, read and cancel training runs; create
-# and list clinics; create, list and revoke keys).
+# and list clinics, change one (its rate limits); create, list and revoke keys; the audit trail).
 OPERATOR_OPERATIONS: Final = '/security == [{"HTTPBearer": ["operator"]}]'
-OPERATOR_COUNT: Final = 11
+OPERATOR_COUNT: Final = 13
 
 CHECKS: Final = (
     "not_a_server_error",
