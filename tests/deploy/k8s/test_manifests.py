@@ -406,6 +406,18 @@ def test_every_configured_variable_is_a_setting(overlay: str, rendered: dict[str
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateways_rate_limits_come_from_its_config_map(
+    overlay: str, rendered: dict[str, Overlay]
+) -> None:
+    """Per API key (issue 15); valid as the gateway reads them, or it would not start."""
+    data = _config_map(rendered[overlay], "skinscreen-gateway")["data"]
+    limits = {name: data[name] for name in ("RATE_LIMIT_SCREENINGS", "RATE_LIMIT_READS")}
+    GatewaySettings.model_validate(
+        {**limits, "DATABASE_URL": "postgresql://x", "REDIS_URL": "redis://x"}
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_only_the_gateway_is_reachable_from_outside(
     overlay: str, rendered: dict[str, Overlay]
 ) -> None:
