@@ -6,14 +6,16 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Final
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.database import create_pool
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Room for the multipart framing and the clinical JSON around the image itself.
 FORM_OVERHEAD_BYTES: Final = 64 * 1024
+APP_DIR: Final = Path(__file__).parent / "app"
 
 
 @asynccontextmanager
@@ -87,6 +90,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         celery.close()
 
 
+async def to_the_app() -> RedirectResponse:
+    """`/` leads to the clinician's app."""
+    return RedirectResponse("/app/")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -129,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     security.install(app, settings.CORS_ALLOW_ORIGINS, settings.HSTS_MAX_AGE_S)
     app.include_router(health.router)
     app.include_router(metrics_router)
+    # The clinician's web app: static files (app/), no build step; it calls the public API only.
+    app.mount("/app", StaticFiles(directory=APP_DIR, html=True), name="app")
+    app.add_api_route("/", to_the_app, include_in_schema=False)
     # Every /v1 operation needs an API key (auth); /healthz, /readyz, /metrics and the docs don't.
     app.include_router(
         unavailable.document(auth.document(screenings.router), retry_after_s),

@@ -7,7 +7,8 @@ Every answer, errors and probes included, carries:
 - `Content-Security-Policy: default-src 'none'; frame-ancestors 'none'`: a JSON answer
   opened in a browser runs nothing and loads nothing. The interactive documentation
   (/docs, /redoc) gets its own policy: FastAPI's pages load Swagger UI and ReDoc from
-  cdn.jsdelivr.net, start them with an inline script and read /openapi.json;
+  cdn.jsdelivr.net, start them with an inline script and read /openapi.json; the clinician's
+  app (/app/) gets one that loads its own files only and calls this origin only (`APP_POLICY`);
 - `Cache-Control: no-store` unless the route said otherwise: answers carry health data
   (clinical answers, results), which no browser or proxy may keep;
 - `Strict-Transport-Security`, only when HSTS_MAX_AGE_S is set (served behind TLS only:
@@ -36,6 +37,12 @@ DOCS_POLICY: Final = (
     "https://fonts.gstatic.com; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS: Final = ("/docs", "/docs/oauth2-redirect", "/redoc")
+# The clinician's app (app/, served at /app/): its own files, and photos previewed from blob: URLs.
+APP_POLICY: Final = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; style-src 'self'; "
+    "script-src 'self'; frame-ancestors 'none'"
+)
+APP_PREFIX: Final = "/app"
 # What a web app needs to send and read (Authorization: API keys; the rest: api.md).
 CORS_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
 CORS_HEADERS: Final = ("Authorization", "Content-Type", "Idempotency-Key")
@@ -53,7 +60,10 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = DOCS_POLICY if scope["path"] in DOCS_PATHS else API_POLICY
+        path = scope["path"]
+        policy = DOCS_POLICY if path in DOCS_PATHS else API_POLICY
+        if path == APP_PREFIX or path.startswith(APP_PREFIX + "/"):
+            policy = APP_POLICY
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
