@@ -310,7 +310,10 @@ def test_clinics_and_keys_are_managed_by_operators(
     made = api.post("/v1/clinics", json={"name": name}, headers=keys.operator)
     assert made.status_code == 201, made.text
     clinic = made.json()
-    assert set(clinic) == {"id", "name", "created_at"}
+    assert set(clinic) == {"id", "name", "created_at", "rate_limit_screenings", "rate_limit_reads"}
+    # No limits of its own: the gateway's defaults (test_rate_limits.py sets some).
+    assert clinic["rate_limit_screenings"] is None
+    assert clinic["rate_limit_reads"] is None
     taken = api.post("/v1/clinics", json={"name": name}, headers=keys.operator)
     assert taken.status_code == 409
     assert "exists already" in taken.json()["detail"]
