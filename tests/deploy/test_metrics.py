@@ -32,6 +32,8 @@ ACCEPTED = 3
 class Stack:
     env: dict[str, str]
     gateway: str
+    # The gateway's /metrics, on its own port (METRICS_PORT), apart from the API's.
+    gateway_metrics: str
     multiproc_dir: Path
     database: Database
     folder: Path
@@ -48,7 +50,10 @@ def stack(deploy_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     env = {**deploy_env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
     gateway, url = start_gateway(env, folder / "gateway.log", "--workers", "2")
     keys = create_keys(env["DATABASE_URL"])
-    yield Stack(env, url, multiproc_dir, Database(env["DATABASE_URL"]), folder, keys.clinician)
+    metrics = f"http://127.0.0.1:{gateway.env['METRICS_PORT']}/metrics"
+    yield Stack(
+        env, url, metrics, multiproc_dir, Database(env["DATABASE_URL"]), folder, keys.clinician
+    )
     gateway.stop()
 
 
@@ -108,7 +113,7 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(
 ) -> None:
     """Counted over both uvicorn workers: what this test sent, on top of whatever the
     module's other tests sent before it (read first, so any order works)."""
-    before = Scrape(f"{stack.gateway}/metrics")
+    before = Scrape(stack.gateway_metrics)
     counted = {(name, tuple(labels.items())): before.count(name, **labels)
                for name, labels in GATEWAY_COUNTERS}  # fmt: skip
 
@@ -155,7 +160,7 @@ def test_gateway_metrics_add_up_over_both_workers_and_show_the_queue(
     # while this test runs: the accepted screenings wait in Redis, the oldest at its head.
     for _ in range(4):
         waited_before = _head_age_s(stack)
-        scrape = Scrape(f"{stack.gateway}/metrics")
+        scrape = Scrape(stack.gateway_metrics)
         waited_after = _head_age_s(stack)
         assert added(scrape, REQUESTS, **POST, status="202") == ACCEPTED
         assert added(scrape, REQUESTS, **POST, status="422") == 2
@@ -203,7 +208,7 @@ def test_the_queue_drains_once_a_worker_runs(stack: Stack) -> None:
             wait_until(lambda: broker.llen(QUEUE) == 0, "the queue is empty")
         finally:
             broker.close()
-        scrape = Scrape(f"{stack.gateway}/metrics")
+        scrape = Scrape(stack.gateway_metrics)
         assert scrape.value("skinscreen_queue_depth_tasks", queue="screenings") == 0
         assert scrape.value("skinscreen_queue_oldest_task_age_seconds", queue="screenings") == 0
     finally:

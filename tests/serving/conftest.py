@@ -411,13 +411,25 @@ def start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
 
 
 @pytest.fixture(scope="session")
-def gateway(
+def gateway_service(
     stack_env: dict[str, str], worker: Process, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The base URL of a gateway whose queue a worker consumes."""
+) -> Iterator[tuple[Process, str]]:
+    """A gateway whose queue a worker consumes: its process and base URL."""
     process, url = start_gateway(stack_env, tmp_path_factory.mktemp("logs") / "gateway.log")
-    yield url
+    yield process, url
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_service: tuple[Process, str]) -> str:
+    """The base URL of a gateway whose queue a worker consumes."""
+    return gateway_service[1]
+
+
+@pytest.fixture(scope="session")
+def gateway_metrics(gateway_service: tuple[Process, str]) -> str:
+    """That gateway's /metrics, on its own port (METRICS_PORT), never on the API's."""
+    return f"http://127.0.0.1:{gateway_service[0].env['METRICS_PORT']}/metrics"
 
 
 IDLE_REDIS_DB = 1

@@ -295,9 +295,17 @@ def test_an_expired_key_is_refused(
     assert "expired at" in detail
 
 
-def test_probes_metrics_and_docs_need_no_key(api: httpx.Client) -> None:
-    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+def test_probes_and_docs_need_no_key_and_metrics_are_off_the_api_port(
+    api: httpx.Client, gateway_metrics: str
+) -> None:
+    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
         assert api.get(path).status_code == 200, path
+    # The public port does not serve metrics at all; their own port (loopback by default,
+    # the pod network behind a NetworkPolicy in Kubernetes) does, to Prometheus, with no key.
+    assert api.get("/metrics").status_code == 404
+    scrape = httpx.get(gateway_metrics, timeout=10)
+    assert scrape.status_code == 200
+    assert "skinscreen_gateway_requests_total" in scrape.text
 
 
 # --- The management API

@@ -478,6 +478,28 @@ def test_worker_metrics_listen_on_the_pod_network_and_admit_prometheus_only(
             assert rule.get("from") == [monitoring], (name, rule)
             assert rule.get("ports") == [{"port": "metrics", "protocol": "TCP"}], (name, rule)
 
+    # The gateway's API port is open to all; its metrics are on a port of their own, on the
+    # pod network too, that only Prometheus' namespace may reach.
+    assert GatewaySettings.model_fields["METRICS_HOST"].default == "127.0.0.1"
+    deployment = objects.get("Deployment", "skinscreen-gateway")
+    (gateway,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert _environment(objects, gateway)["METRICS_HOST"] == "0.0.0.0"
+    assert {"http", "metrics"} <= {port["name"] for port in gateway["ports"]}
+    labels = _pod_labels(deployment)
+    rules = [
+        rule
+        for policy in policies
+        if policy["spec"]["podSelector"] != {} and _matches(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get("ingress", [])
+    ]
+    metrics_port = {"port": "metrics", "protocol": "TCP"}
+    for rule in rules:
+        if "from" not in rule:
+            assert metrics_port not in rule.get("ports", []), rule
+        else:
+            assert rule["from"] == [monitoring], rule
+    assert any(metrics_port in rule.get("ports", []) for rule in rules if "from" in rule)
+
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_inference_worker_is_scraped_and_reaches_its_servers(

@@ -244,8 +244,11 @@ class Stack:
             self.metrics[name] = f"http://{self.host}:{port}/metrics"
             environment = {**self.env, **env, "METRICS_PORT": str(port)}
             self.services.append(Service(name, command, environment, self.log))
-        self.services.append(Service("gateway", gateway, self.env, self.log))
-        self.metrics["gateway"] = f"{self.url}/metrics"
+        # The gateway's /metrics is on a port of its own too, never on the API's.
+        port = free_port()
+        self.metrics["gateway"] = f"http://{self.host}:{port}/metrics"
+        gateway_env = {**self.env, "METRICS_PORT": str(port)}
+        self.services.append(Service("gateway", gateway, gateway_env, self.log))
         for service in self.services:
             service.start()
         self._wait_ready(ready_timeout_s)

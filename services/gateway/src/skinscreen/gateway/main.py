@@ -24,8 +24,7 @@ from skinscreen.runtime.queue import make_celery
 from . import auth, security, unavailable
 from .deps import Services
 from .methods import AllowedMethods
-from .metrics import MetricsMiddleware, record_rejection
-from .metrics import router as metrics_router
+from .metrics import MetricsListener, MetricsMiddleware, record_rejection
 from .notifications import FinishedScreenings
 from .ratelimit import RateLimiter
 from .requestid import RequestId
@@ -71,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     celery = make_celery(
         "skinscreen-gateway", settings.REDIS_URL, settings.CELERY_VISIBILITY_TIMEOUT_S
     )
-    app.state.services = Services(
+    services = app.state.services = Services(
         settings=settings,
         pool=pool,
         celery=celery,
@@ -81,9 +80,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models=ServedModels(pool),
         limiter=RateLimiter(settings.REDIS_URL, settings.REDIS_TIMEOUT_S),
     )
+    metrics_listener = MetricsListener(
+        settings.METRICS_HOST, settings.METRICS_PORT, lambda: services
+    )
+    await metrics_listener.start()
     try:
         yield
     finally:
+        await metrics_listener.stop()
         await finished.stop()
         await pool.close()
         await redis.aclose()
@@ -136,11 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: security headers on every answer; CORS only for CORS_ALLOW_ORIGINS.
     security.install(app, settings.CORS_ALLOW_ORIGINS, settings.HSTS_MAX_AGE_S)
     app.include_router(health.router)
-    app.include_router(metrics_router)
     # The clinician's web app: static files (app/), no build step; it calls the public API only.
     app.mount("/app", StaticFiles(directory=APP_DIR, html=True), name="app")
     app.add_api_route("/", to_the_app, include_in_schema=False)
-    # Every /v1 operation needs an API key (auth); /healthz, /readyz, /metrics and the docs don't.
+    # Every /v1 operation needs an API key (auth); /healthz, /readyz and the docs don't. /metrics
+    # is not on this port at all: MetricsListener serves it on METRICS_PORT.
     app.include_router(
         unavailable.document(auth.document(screenings.router), retry_after_s),
         max_body_size=upload_limit + FORM_OVERHEAD_BYTES,

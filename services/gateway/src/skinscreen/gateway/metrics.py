@@ -1,4 +1,5 @@
-"""The gateway's Prometheus metrics: requests, latency, rejected inputs, upload sizes, /metrics.
+"""The gateway's Prometheus metrics: requests, latency, rejected inputs, upload sizes, /metrics
+on a port of its own (`MetricsListener`), never on the public API port.
 
 With several uvicorn workers each is its own process; set PROMETHEUS_MULTIPROC_DIR
 (an empty folder, before the process starts) and every worker writes its values
@@ -7,12 +8,15 @@ there, so whichever worker answers /metrics reports the sum of all of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-from fastapi import APIRouter
+import uvicorn
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import (
@@ -24,9 +28,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deps import ServicesDep
+from .deps import Services
 from .queue_metrics import QueueCollector, read_queue_state, served_queues
 from .routes.screenings import PREFIX as SCREENINGS
 
@@ -143,14 +150,66 @@ def _exposition(*extra: QueueCollector) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(scrape)
 
 
-router = APIRouter(tags=["monitoring"])
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(services: ServicesDep) -> Response:
+async def _metrics(services: Services) -> Response:
     """Prometheus text format: this gateway's series and the Celery queues'."""
     queues = await served_queues(services.pool)
     state = await read_queue_state(services.redis, services.pool, queues)
     # Reading every worker's files is blocking I/O; keep it off the event loop.
     body = await run_in_threadpool(_exposition, QueueCollector(state))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server without its signal handlers: the API's server owns SIGTERM/SIGINT
+    (graceful shutdown); this one is stopped by the app's lifespan."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class MetricsListener:
+    """/metrics on a port of its own (METRICS_HOST:METRICS_PORT), off the API's port.
+
+    The API port is public; metrics are for Prometheus alone. Loopback by default; in
+    Kubernetes the pod network, which a NetworkPolicy opens to the monitoring namespace.
+    Every uvicorn worker process binds the port with SO_REUSEPORT and answers with the sum
+    of all workers (PROMETHEUS_MULTIPROC_DIR), so any of them can take a scrape.
+    """
+
+    def __init__(self, host: str, port: int, services: Callable[[], Services]) -> None:
+        self.host = host
+        self.port = port
+        metrics_app = Starlette(routes=[Route("/metrics", self._endpoint, methods=["GET"])])
+        self._services = services
+        self._server = _QuietServer(
+            uvicorn.Config(metrics_app, lifespan="off", access_log=False, log_level="warning")
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def _endpoint(self, request: Request) -> Response:
+        return await _metrics(self._services())
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(
+                f"METRICS_HOST:METRICS_PORT {self.host}:{self.port} cannot be bound ({exc}); "
+                "set METRICS_PORT to a free port"
+            ) from exc
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._task.done():
+            self._task.result()  # the server's own error, if it could not start
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._server.should_exit = True
+            await self._task
