@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from redis import Redis
 
 from skinscreen.core.card import MODEL_FILE, read_card
 from skinscreen.runtime import registry
+from skinscreen.runtime.accounts import key_sha256
 from tests.serving.conftest import MODEL_NAME, Lifecycle, Photo, submit
 from tests.serving.variants import direct_probabilities, publish_variant, run
 from tests.waiting import wait_until
@@ -105,11 +107,14 @@ def database_now(lifecycle: Lifecycle) -> datetime:
     return now
 
 
-def switch(lifecycle: Lifecycle, path: str, reason: str) -> httpx.Response:
+def switch(
+    lifecycle: Lifecycle, path: str, reason: str, request_id: str | None = None
+) -> httpx.Response:
+    headers = lifecycle.keys.operator
+    if request_id is not None:
+        headers = {**headers, "X-Request-ID": request_id}
     return httpx.post(
-        f"{lifecycle.url}{path}",
-        json={"reason": reason, "requested_by": "test"},
-        headers=lifecycle.keys.operator,
+        f"{lifecycle.url}{path}", json={"reason": reason, "requested_by": "test"}, headers=headers
     )
 
 
@@ -316,13 +321,35 @@ def test_the_database_allows_one_active_version_per_name(lifecycle: Lifecycle) -
 
 def test_rollback_walks_back_through_promotions(lifecycle: Lifecycle, tmp_path: Path) -> None:
     start = run(lifecycle, lambda pool: registry.get_active(pool, MODEL_NAME)).version
+    request_ids: list[str] = []
     for version in ("29990201.000001", "29990201.000002"):
         publish_variant(lifecycle, version, shift=0.25, tmp=tmp_path)
-        response = switch(lifecycle, f"/v1/models/{MODEL_NAME}/versions/{version}/promote", "p")
+        request_ids.append(f"test-{uuid.uuid4()}")
+        path = f"/v1/models/{MODEL_NAME}/versions/{version}/promote"
+        response = switch(lifecycle, path, "p", request_ids[-1])
         assert response.status_code == 200, response.text
-    first = switch(lifecycle, f"/v1/models/{MODEL_NAME}/rollback", "r1").json()
-    second = switch(lifecycle, f"/v1/models/{MODEL_NAME}/rollback", "r2").json()
+    request_ids += [f"test-{uuid.uuid4()}", f"test-{uuid.uuid4()}"]
+    rollback = f"/v1/models/{MODEL_NAME}/rollback"
+    first = switch(lifecycle, rollback, "r1", request_ids[2]).json()
+    second = switch(lifecycle, rollback, "r2", request_ids[3]).json()
     assert (first["version"], second["version"]) == ("29990201.000001", start)
+    # The audit trail: one event per switch, naming the operator's key and the version.
+    events = run(
+        lifecycle,
+        lambda pool: pool.fetch(
+            "SELECT e.request_id, e.action, e.subject FROM audit_events e"
+            " JOIN api_keys k ON k.id = e.key_id"
+            " WHERE e.request_id = ANY($1::text[]) AND k.key_sha256 = $2 ORDER BY e.id",
+            request_ids,
+            key_sha256(lifecycle.keys.operator_key),
+        ),
+    )
+    assert [tuple(event) for event in events] == [
+        (request_ids[0], "model.promoted", f"{MODEL_NAME}@29990201.000001"),
+        (request_ids[1], "model.promoted", f"{MODEL_NAME}@29990201.000002"),
+        (request_ids[2], "model.rolled_back", f"{MODEL_NAME}@29990201.000001"),
+        (request_ids[3], "model.rolled_back", f"{MODEL_NAME}@{start}"),
+    ]
     history = httpx.get(
         f"{lifecycle.url}/v1/models/{MODEL_NAME}/activations", headers=lifecycle.keys.clinician
     ).json()["items"]

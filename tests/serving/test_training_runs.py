@@ -409,6 +409,16 @@ def test_running_and_queued_runs_stop_when_cancelled(
         client.post("/v1/training-runs/00000000-0000-0000-0000-000000000000/cancel").status_code
         == 404
     )
+    # The audit trail: the queued run was requested and cancelled, once each, by this key.
+    events = lifecycle.database.fetch(
+        "SELECT action, key_id FROM audit_events WHERE subject = $1 ORDER BY id", queued_id
+    )
+    assert [event["action"] for event in events] == [
+        "training_run.requested",
+        "training_run.cancelled",
+    ]
+    assert len({event["key_id"] for event in events}) == 1
+    assert events[0]["key_id"] is not None
 
 
 def test_runs_left_running_by_a_dead_worker_fail_when_a_trainer_starts(
