@@ -152,7 +152,7 @@ def test_a_nul_in_the_model_part_is_a_422(client, photo_bytes) -> None:
     ("path", "allowed"),
     [
         ("/v1/screenings", "GET, OPTIONS, POST"),
-        ("/v1/screenings/00000000-0000-0000-0000-000000000000", "GET, OPTIONS"),
+        ("/v1/screenings/00000000-0000-0000-0000-000000000000", "DELETE, GET, OPTIONS"),
         ("/v1/screenings/00000000-0000-0000-0000-000000000000/diagnosis", "GET, OPTIONS, POST"),
         ("/v1/models/skinscreen-fusion/rollback", "OPTIONS, POST"),
         ("/healthz", "GET, OPTIONS"),

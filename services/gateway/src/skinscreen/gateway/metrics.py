@@ -182,8 +182,11 @@ class MetricsListener:
         self.port = port
         metrics_app = Starlette(routes=[Route("/metrics", self._endpoint, methods=["GET"])])
         self._services = services
+        # No log_config, no log_level, access_log left on: uvicorn.Config configures the
+        # process-wide `uvicorn.*` loggers otherwise, which would silence the API server's
+        # own access log and lower its level. Scrapes show in the access log like requests.
         self._server = _QuietServer(
-            uvicorn.Config(metrics_app, lifespan="off", access_log=False, log_level="warning")
+            uvicorn.Config(metrics_app, lifespan="off", log_config=None, log_level=None)
         )
         self._task: asyncio.Task[None] | None = None
 
