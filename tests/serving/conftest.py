@@ -329,6 +329,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         postgres.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, for a fault test that kills and restarts it (it
+    keeps its port and its append-only file); the session's Redis stays up for the rest."""
+    redis = EmbeddedRedis(tmp_path / "redis")
+    redis.start()
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture(scope="session")
 def stack_env(
     servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
@@ -394,9 +404,12 @@ def start_worker(process: Process) -> None:
     _wait_until(lambda: _log_mentions(process.log, "ready."), 180, "inference worker", process)
 
 
-def start_gateway(env: dict[str, str], log: Path) -> tuple[Process, str]:
+def start_gateway(
+    env: dict[str, str], log: Path, log_level: str = "warning"
+) -> tuple[Process, str]:
+    """A gateway under uvicorn on a free port, once it answers /healthz: its process and URL."""
     port = free_port()
-    process = Process(gateway_command("127.0.0.1", port, "--log-level", "warning"), env, log)
+    process = Process(gateway_command("127.0.0.1", port, "--log-level", log_level), env, log)
     process.start()
     url = f"http://127.0.0.1:{port}"
 

@@ -57,14 +57,6 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     postgres.stop()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    redis = EmbeddedRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
-
-
 def _down(ready: tuple[int, dict[str, bool]], *checks: str) -> bool:
     status, ok = ready
     return status == 503 and all(ok.get(check) is False for check in checks)

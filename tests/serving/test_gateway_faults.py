@@ -9,7 +9,6 @@ its own Redis, so the session's stays up).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,14 +28,6 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.data  # real PAD-UFES-20 photos; skipped when absent
 
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    redis = EmbeddedRedis(tmp_path / "redis")
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 def test_the_gateway_refuses_at_once_while_its_redis_is_down(

@@ -32,17 +32,15 @@ from redis import Redis
 
 from skinscreen.core.clinical import ClinicalInput, Region
 from skinscreen.core.imaging import preprocess
-from skinscreen.dev.embedded import EmbeddedRedis, free_port
-from skinscreen.runtime.commands import gateway_command
+from skinscreen.dev.embedded import EmbeddedRedis
 from tests.conftest import PAD_UFES
 from tests.serving.conftest import (
     Keys,
     Lifecycle,
     Photo,
-    Process,
     Servers,
-    _wait_until,
     lifecycle_stack,
+    start_gateway,
 )
 from tests.test_photo_metadata import SECRETS, XMP, phone_exif
 from tests.test_security_headers import assert_security_headers
@@ -92,22 +90,9 @@ def private(
         with lifecycle_stack(
             servers, model_store, tmp_path_factory, REDIS_URL=redis_url, LOG_LEVEL="DEBUG"
         ) as stack:
-            port = free_port()
             log = folder / "gateway-debug.log"
-            gateway = Process(
-                gateway_command("127.0.0.1", port, "--log-level", "debug"), stack.env, log
-            )
-            gateway.start()
-            url = f"http://127.0.0.1:{port}"
-
-            def healthy() -> bool:
-                try:
-                    return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
+            gateway, url = start_gateway(stack.env, log, "debug")
             try:
-                _wait_until(healthy, 120, "gateway", gateway)
                 worker_log = stack.worker.log
                 gateway_log = worker_log.parent / "gateway.log"
                 yield PrivateStack(stack, url, redis, redis_url, [log, worker_log, gateway_log])
