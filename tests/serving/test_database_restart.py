@@ -10,10 +10,12 @@ every screening that was accepted ends done, or failed with a reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,10 @@ import httpx
 import pytest
 
 from skinscreen.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from skinscreen.inference.inputs import InputReader
+from skinscreen.inference.retries import TRANSIENT_ERRORS
 from skinscreen.runtime.commands import PRESTART_COMMAND, WORKER_COMMAND
+from skinscreen.runtime.database import apply_migrations
 from tests.serving.conftest import (
     Database,
     Photo,
@@ -174,3 +179,31 @@ def test_a_postgresql_restart_under_load(
         if gateway is not None:
             gateway.stop()
         worker.stop()
+
+
+def test_the_task_input_reader_reads_again_after_a_postgresql_restart(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    """The worker's reader of task inputs (one connection, shared statements) is refused while
+    PostgreSQL is down and reads again once it is back, on a new connection: the one the
+    server's death left behind is never used again."""
+    url = own_postgres.start()  # running already: its address
+    asyncio.run(apply_migrations(url))
+    reader = InputReader(url)
+    reader.start()
+    try:
+        assert reader.read(uuid.uuid4()) is None  # no such screening: no row, no error
+        own_postgres.kill()
+        with pytest.raises(TRANSIENT_ERRORS):  # refused as the task retries it: not a hang
+            reader.read(uuid.uuid4())
+        own_postgres.start()
+
+        def reads() -> bool:
+            try:
+                return reader.read(uuid.uuid4()) is None
+            except TRANSIENT_ERRORS:  # still starting up
+                return False
+
+        wait_until(reads, "the reader reads after the restart", 60)
+    finally:
+        reader.stop()

@@ -52,6 +52,7 @@ class InputReader:
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
+            self._loop.close()
 
     def read(self, screening_id: UUID) -> screenings.TaskInputs | None:
         """The screening's inputs; None when it has no row. Raises what the database raised."""
@@ -79,18 +80,32 @@ class InputReader:
             while len(batch) < MAX_READ and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                if self._pool is None:
-                    self._pool = await create_pool(
-                        self.database_url,
-                        max_size=1,
-                        command_timeout_s=DATABASE_TIMEOUT_S,
-                        acquire_timeout_s=DATABASE_TIMEOUT_S,
-                    )
-                self.statements += 1
-                found = await screenings.task_inputs(self._pool, [id_ for id_, _ in batch])
+                found = await asyncio.wait_for(
+                    self._read([id_ for id_, _ in batch]), DATABASE_TIMEOUT_S
+                )
             except Exception as exc:  # each task decides whether to retry
+                # The connection is not used again: after a server restart or a statement
+                # cut short it can be left mid-operation ("another operation is in
+                # progress"), and giving it back to the pool can wait for ever.
+                self._discard_pool()
                 for _, future in batch:
                     future.set_exception(exc)
                 continue
             for screening_id, future in batch:
                 future.set_result(found.get(screening_id))
+
+    async def _read(self, ids: list[UUID]) -> dict[UUID, screenings.TaskInputs]:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.database_url,
+                max_size=1,
+                command_timeout_s=DATABASE_TIMEOUT_S,
+                acquire_timeout_s=DATABASE_TIMEOUT_S,
+            )
+        self.statements += 1
+        return await screenings.task_inputs(self._pool, ids)
+
+    def _discard_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None

@@ -1,8 +1,20 @@
-"""How long a screening task waits before its next try, after a transient error."""
+"""Which errors a screening task tries again after, and how long it waits first."""
 
 from __future__ import annotations
 
+import asyncpg
 from celery.utils.time import get_exponential_backoff_interval
+
+# Worth another try: the database, the blob store or the runtime may be back soon.
+# asyncpg's InternalClientError is a connection left mid-operation by a server that went away;
+# the reader that raised it drops that connection (inputs.InputReader).
+TRANSIENT_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    RuntimeError,
+)
 
 
 def backoff_s(retries: int, first_s: float, maximum_s: float) -> float:

@@ -7,7 +7,6 @@ import io
 import logging
 from typing import Any
 
-import asyncpg
 import numpy as np
 from celery import Task
 from celery.signals import worker_init, worker_shutdown
@@ -27,7 +26,7 @@ from .batching import Batcher
 from .inputs import InputReader
 from .model import LoadedModel
 from .reconciler import Reconciler
-from .retries import backoff_s
+from .retries import TRANSIENT_ERRORS, backoff_s
 from .settings import get_settings
 
 # Uploads may be HEIC/HEIF (iPhones); the gateway accepted them, so the worker must read them.
@@ -46,9 +45,6 @@ app = make_celery(
 )
 # An image-only model is never fed the clinical vector; the batch still stacks one per task.
 UNUSED_CLINICAL: np.ndarray = np.zeros(N_CLINICAL, dtype=np.float32)
-
-# Worth another try: the database, the blob store or the runtime may be back soon.
-TRANSIENT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
 
 
 class _Runtime:
