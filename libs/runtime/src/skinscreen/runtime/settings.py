@@ -40,6 +40,18 @@ class SharedSettings(BaseSettings):
         Path("data"),
         description="Where training data sources live, one folder each (e.g. pad-ufes-20/).",
     )
+    METRICS_PORT: int = Field(
+        9100,
+        gt=0,
+        lt=65536,
+        description="Port of the service's Prometheus /metrics; the gateway's is apart from "
+        "its API port.",
+    )
+    METRICS_HOST: str = Field(
+        "127.0.0.1",
+        description="Address /metrics listens on: loopback by default; 0.0.0.0 in Kubernetes, "
+        "where the pod network reaches it and a NetworkPolicy lets only Prometheus in.",
+    )
     CELERY_VISIBILITY_TIMEOUT_S: int = Field(
         300,
         gt=0,

@@ -28,14 +28,6 @@ class Settings(SharedSettings):
     MIN_IMAGE_SIDE: int = Field(
         112, gt=0, description="Smallest shorter side of a photo, in pixels."
     )
-    METRICS_PORT: int = Field(
-        9100, gt=0, lt=65536, description="Port of the gateway's Prometheus /metrics."
-    )
-    METRICS_HOST: str = Field(
-        "127.0.0.1",
-        description="Address /metrics listens on, apart from the API's port: loopback by "
-        "default; 0.0.0.0 in Kubernetes, where a NetworkPolicy lets only Prometheus in.",
-    )
     # Two uvicorn workers per pod (deploy/k8s) each take ~110 MB before any photo: 2 x (110 +
     # 192) stays well under the pod's 768 MiB.
     DECODE_MEMORY_BUDGET_MB: int = Field(

@@ -82,14 +82,6 @@ class Settings(SharedSettings):
         description="How often the worker re-reads the registry's active version, in case a "
         "pub/sub announcement was missed.",
     )
-    METRICS_PORT: int = Field(
-        9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
-    )
-    METRICS_HOST: str = Field(
-        "127.0.0.1",
-        description="Address /metrics listens on: loopback by default; 0.0.0.0 in Kubernetes, "
-        "where the pod network reaches it and a NetworkPolicy lets only Prometheus in.",
-    )
     INTRA_OP_THREADS: int = Field(0, ge=0, description="ONNX Runtime threads; 0: all cores.")
     # A worker decodes every photo in full (9 bytes per pixel at the peak, 16 for WebP): 1024 MB
     # is two photos at the gateway's 50-megapixel limit at once, beside the model and the

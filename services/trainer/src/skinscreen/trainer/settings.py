@@ -28,14 +28,6 @@ class Settings(SharedSettings):
         description="A running run without a heartbeat for this long is marked failed when a "
         "trainer worker starts: the worker that ran it died.",
     )
-    METRICS_PORT: int = Field(
-        9100, gt=0, lt=65536, description="Port of this worker's Prometheus /metrics."
-    )
-    METRICS_HOST: str = Field(
-        "127.0.0.1",
-        description="Address /metrics listens on: loopback by default; 0.0.0.0 in Kubernetes, "
-        "where the pod network reaches it and a NetworkPolicy lets only Prometheus in.",
-    )
     LOG_LEVEL: str = "INFO"
 
 
