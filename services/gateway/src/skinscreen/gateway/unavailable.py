@@ -32,6 +32,9 @@ DATABASE_ERRORS: Final = (
     asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up
     asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
     asyncpg.exceptions.ConnectionDoesNotExistError,  # closed in the middle of a statement
+    # The server died mid-statement: giving the connection back to the pool, asyncpg finds it
+    # still mid-operation (the pool then drops it). Seen as a bare 500 in a PostgreSQL kill.
+    asyncpg.InternalClientError,
 )
 BROKER_ERRORS: Final = (BrokerError, RedisConnectionError, RedisTimeoutError)
 UNAVAILABLE_ERRORS: Final = (OSError, *DATABASE_ERRORS, *BROKER_ERRORS)
