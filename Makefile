@@ -84,7 +84,17 @@ chromium:
 		|| echo "could not install Debian's chromium: the browser tests will skip"; \
 	else echo "no $(CHROMIUM), and apt-get as root is not available to install Debian's chromium: the browser tests will skip"; fi
 
-test: $(INSTALLED) chromium
+# The service images, built here with podman from the Dockerfiles that ship: no daemon, no
+# registry. Installs Debian's podman, buildah, debootstrap and runc when missing (as root),
+# builds Debian 12 from Debian's mirror as the base (kept for the next run), then each image,
+# and prints its size and what each layer costs. IMAGES_OPTIONS="--only skinscreen-inference-gpu"
+# builds the GPU image; "--base IMAGE" builds on a registry's Debian instead.
+.PHONY: images
+images: $(INSTALLED)
+	$(VENV)/bin/skinscreen-images $(IMAGES_OPTIONS)
+
+# tests/images runs the stack from the images.
+test: $(INSTALLED) chromium images
 	$(PY) -m pytest
 
 lint: $(INSTALLED)

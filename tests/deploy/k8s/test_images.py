@@ -6,6 +6,7 @@ installs, and its part of uv.lock, exported by the very `uv export` commands it 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -67,13 +68,19 @@ class Stage:
 
 
 def stages(path: Path) -> list[Stage]:
-    """The build stages of a Dockerfile, continuation lines joined."""
+    """The build stages of a Dockerfile, continuation lines joined; a stage's base is given
+    as it is built by default (an ARG before the first FROM resolved to its default)."""
     text = re.sub(r"\\\n", " ", path.read_text())
     found: list[Stage] = []
+    defaults: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("FROM "):
-            found.append(Stage(line.split()[1], []))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], line.split()[1])
+            found.append(Stage(base, []))
+        elif line.startswith("ARG ") and not found:
+            name, _, default = line.removeprefix("ARG ").partition("=")
+            defaults[name] = default
         elif line and not line.startswith("#"):
             found[-1].lines.append(line)
     return found
@@ -172,13 +179,13 @@ def test_the_images_install_the_locked_torch_and_onnxruntime_builds() -> None:
 
 def test_the_gpu_image_has_onnxruntime_gpu_on_cuda_and_not_onnxruntime() -> None:
     build, final = stages(REPO / "services/inference/Dockerfile.gpu")
-    assert re.fullmatch(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu[\d.]+", final.base)
+    assert re.fullmatch(r"docker.io/nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu[\d.]+", final.base)
     text = " ".join(build.lines)
     # The service goes in without its dependencies, so its CPU onnxruntime never comes along,
     # and the build fails if anything else brought it in.
     assert re.search(r"pip install --no-deps [\w/ ]*services/inference", text)
     assert "! /opt/skinscreen/bin/pip show onnxruntime" in text
-    assert "onnxruntime-gpu" not in (REPO / "services/inference/Dockerfile").read_text()
+    assert "onnxruntime-gpu" not in installed("services/inference/Dockerfile")[1]
 
 
 def test_the_trainer_takes_torch_from_pytorchs_cpu_index() -> None:
@@ -210,3 +217,33 @@ def test_the_build_context_leaves_out_models_data_and_environments() -> None:
         "!pyproject.toml",
         "!uv.lock",
     }
+
+
+def image_check(final: Stage) -> tuple[set[str], set[str]]:
+    """(modules, distributions) of the runtime stage's image check: what must import there,
+    what must not be installed."""
+    (line,) = [line for line in final.lines if "skinscreen.runtime.image_check" in line]
+    words = shlex.split(line.removeprefix("RUN "))
+    imports = words.index("--imports")
+    absent = words.index("--absent")
+    return set(words[imports + 1 : absent]), {
+        canonicalize_name(word) for word in words[absent + 1 :]
+    }
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_the_build_fails_when_the_image_holds_what_it_must_not(image: str) -> None:
+    dockerfile, _, forbidden = IMAGES[image]
+    _, final = stages(REPO / dockerfile)
+    modules, absent = image_check(final)
+    assert forbidden | NEVER <= absent, f"not checked: {(forbidden | NEVER) - absent}"
+    # The module the image runs is among those that must import, on the image's own Python
+    # and as its user: the check comes after USER.
+    (cmd,) = [line for line in final.lines if line.startswith("CMD [")]
+    module = next(
+        word for word in json.loads(cmd.removeprefix("CMD ")) if word.startswith("skinscreen.")
+    )
+    assert module.split(":")[0] in modules
+    user = next(i for i, line in enumerate(final.lines) if line.startswith("USER "))
+    check = next(i for i, line in enumerate(final.lines) if "image_check" in line)
+    assert user < check
