@@ -8,10 +8,12 @@ import json
 import threading
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
 from skinscreen.core.memory import MIB, DecodeBudget, DecodeBudgetTimeoutError
+from skinscreen.gateway import images
 from skinscreen.gateway.images import DecoderBusyError, check_image
 from skinscreen.gateway.settings import Settings as GatewaySettings
 from tests.conftest import DESIGN_EXAMPLE
@@ -99,3 +101,57 @@ def test_decodes_wait_their_turn_and_never_exceed_the_budget() -> None:
         assert budget.in_use == budget.budget
     with budget.hold(6), pytest.raises(DecodeBudgetTimeoutError):
         budget.hold(6, 0).__enter__()
+
+
+def _noise(fmt: str, **options: object) -> bytes:
+    """A photo-sized image of noise (it compresses badly, like a photo)."""
+    pixels = np.random.default_rng(17).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+NOISE = {
+    "baseline JPEG": _noise("JPEG"),
+    "progressive JPEG": _noise("JPEG", progressive=True),
+    "PNG": _noise("PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", NOISE)
+def test_the_bounded_check_accepts_a_complete_photo(kind: str) -> None:
+    """The check decodes a bounded prefix only (module docstring), far less than these."""
+    data = NOISE[kind]
+    assert len(data) > 4 * max(images.JPEG_PREFIX_BYTES, 64 * 1024)
+    checked = check_image(data, 50_000_000, MIN_SIDE, DecodeBudget(64 * MIB), 1)
+    assert (checked.width, checked.height) == (1200, 900)
+
+
+@pytest.mark.parametrize("kind", NOISE)
+@pytest.mark.parametrize("kept", [0.5, 0.9, 0.999])
+def test_a_photo_cut_anywhere_past_what_is_decoded_is_still_422(kind: str, kept: float) -> None:
+    """A file cut short lacks its end (JPEG's end-of-image marker, PNG's IEND), wherever the
+    cut falls, even far past the prefix the check decodes."""
+    data = NOISE[kind]
+    with pytest.raises(images.CorruptImageError) as refused:
+        check_image(data[: int(len(data) * kept)], 50_000_000, MIN_SIDE, DecodeBudget(64 * MIB), 1)
+    assert "truncated or corrupt" in str(refused.value)
+    assert "send the complete original photo" in str(refused.value)
+
+
+def test_a_png_damaged_past_what_is_inflated_fails_its_chunk_crc() -> None:
+    data = bytearray(NOISE["PNG"])
+    data[-1000] ^= 0xFF  # inside the last IDAT chunk
+    with pytest.raises(images.CorruptImageError, match="bad CRC"):
+        check_image(bytes(data), 50_000_000, MIN_SIDE, DecodeBudget(64 * MIB), 1)
+
+
+def test_a_jpeg_whose_coded_data_cannot_be_decoded_is_422() -> None:
+    """The structure is complete, but a Huffman table is impossible (more codes than its bit
+    lengths allow): Pillow opens the header without reading it; the bounded decode fails."""
+    data = bytearray(NOISE["baseline JPEG"])
+    table = data.index(b"\xff\xc4")  # DHT: marker, length, class and id, 16 counts
+    data[table + 5 : table + 21] = bytes([255] * 16)
+    with pytest.raises(images.CorruptImageError) as refused:
+        check_image(bytes(data), 50_000_000, MIN_SIDE, DecodeBudget(64 * MIB), 1)
+    assert "the JPEG file is truncated or corrupt" in str(refused.value)

@@ -1,13 +1,22 @@
-"""Checks an uploaded photo before anything is stored: format, size, every byte of its pixels.
+"""Checks an uploaded photo before anything is stored: format, size, structure, a bounded decode.
 
-Without holding the photo decoded, where the format allows: a JPEG is decoded at 1/8
-scale (libjpeg still reads and checks every coded block, so a truncated file is found,
-with 1/64 of the memory); a PNG's compressed pixel stream is inflated a megabyte at a time
-and counted, never kept. WebP and HEIF have no such shortcut: they are decoded in full
-when that fits in half the process's decode memory budget, and otherwise checked by their
-header alone (the inference worker, with its larger budget, then reports a bad one). Each
-decode holds its share of the budget (`skinscreen.core.memory.DecodeBudget`); a request
-that cannot get it within DECODE_WAIT_S is answered 503 with Retry-After.
+The inference worker decodes each photo in full once; the gateway proves it is a complete,
+readable image of an allowed format and size without decoding it again:
+
+- JPEG: every segment is walked to the end-of-image marker (a file cut short has none, so a
+  truncated upload is refused here), and the first JPEG_PREFIX_BYTES of the coded data are
+  decoded at 1/8 scale (the tables and the first blocks decode); never the whole photo.
+- PNG: every chunk's CRC is checked up to IEND, and the compressed pixel stream is inflated
+  for its first PNG_PREFIX_BYTES of scanlines (all of them when fewer), a megabyte at a
+  time, counted, never kept; a stream that ends before the scanlines the header announces
+  is refused.
+- WebP and HEIF have no such shortcut: they are decoded in full when that fits in half the
+  process's decode memory budget, and otherwise checked by their header alone.
+
+A photo whose coded data is damaged past what the gateway decodes reaches the worker, which
+fails its screening with the reason (the clinician sees `failed` and why). Each decode holds
+its share of the budget (`skinscreen.core.memory.DecodeBudget`); a request that cannot get
+it within DECODE_WAIT_S is answered 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
 from skinscreen.core.imaging import decode_cost
@@ -48,6 +57,10 @@ ALLOWED_DESCRIPTION: Final = "JPEG, PNG, WebP or HEIC/HEIF"
 JPEG_DRAFT_BYTES_PER_PIXEL: Final = 4 / 64
 PROGRESSIVE_JPEG_BYTES_PER_PIXEL: Final = 3
 PNG_INFLATE_STEP: Final = MIB
+# Coded bytes of a JPEG the check decodes (at 1/8 scale), and bytes of scanlines a PNG's is
+# inflated to: a bounded cost per upload, whatever the photo's size; the worker decodes it all.
+JPEG_PREFIX_BYTES: Final = 16 * 1024
+PNG_PREFIX_BYTES: Final = 4 * MIB
 
 
 class RejectedImageError(ValueError):
@@ -152,20 +165,107 @@ def check_image(
 def _check_pixels(image: Image.Image, data: bytes, budget: DecodeBudget, wait_s: float) -> None:
     width, height = image.size
     if image.format == "PNG":
-        _inflate_png(data)
+        _inflate_png(data, PNG_PREFIX_BYTES)
         return
     if image.format == "JPEG":
+        assert isinstance(image, ImageFile.ImageFile)
+        _walk_jpeg(data)
         image.draft(None, (1, 1))  # the smallest scale libjpeg offers: 1/8
         per_pixel = JPEG_DRAFT_BYTES_PER_PIXEL
         if image.info.get("progressive"):
             per_pixel += PROGRESSIVE_JPEG_BYTES_PER_PIXEL
-        cost = math.ceil(per_pixel * width * height)
-    else:
-        cost = decode_cost(image.format, width, height)
-        if cost > budget.budget // 2:
-            return  # read by its header only; see the module's docstring
+        with budget.hold(math.ceil(per_pixel * width * height), wait_s):
+            _decode_prefix(image, data, JPEG_PREFIX_BYTES)
+        return
+    cost = decode_cost(image.format, width, height)
+    if cost > budget.budget // 2:
+        return  # read by its header only; see the module's docstring
     with budget.hold(cost, wait_s):
         image.load()
+
+
+# Markers without a length: TEM and the restart markers.
+_STANDALONE: Final = frozenset({0x01, *range(0xD0, 0xD8)})
+_SOF: Final = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC),
+                         *range(0xCD, 0xD0)})  # fmt: skip
+
+
+def _walk_jpeg(data: bytes) -> None:
+    """Every segment, from the start-of-image marker to the end-of-image marker after the
+    last scan: SyntaxError for a file cut short or a segment that runs past it."""
+    if not data.startswith(b"\xff\xd8"):
+        raise SyntaxError("no start-of-image marker")
+    truncated = "image file is truncated: no end-of-image marker; the coded data ends early"
+    position = 2
+    frame = scans = 0
+    while True:
+        if position >= len(data):
+            raise SyntaxError(truncated)
+        if data[position] != 0xFF:
+            raise SyntaxError(f"expected a marker at byte {position}")
+        while position < len(data) and data[position] == 0xFF:
+            position += 1  # fill bytes
+        if position >= len(data):
+            continue
+        marker = data[position]
+        position += 1
+        if marker == 0xD9:
+            if not frame or not scans:
+                raise SyntaxError("the end-of-image marker comes before any coded data")
+            return
+        if marker in _STANDALONE:
+            continue
+        if position + 2 > len(data):
+            raise SyntaxError(truncated)
+        length = int.from_bytes(data[position : position + 2], "big")
+        if length < 2 or position + length > len(data):
+            raise SyntaxError(
+                f"image file is truncated: a segment of {length} bytes runs past the file"
+            )
+        position += length
+        frame += marker in _SOF
+        if marker == 0xDA:
+            scans += 1
+            position = _entropy_end(data, position)
+
+
+def _entropy_end(data: bytes, position: int) -> int:
+    """Where the coded data starting at `position` ends: at the next marker that is not a
+    stuffed 0xFF00 or a restart marker (the file's length if none follows)."""
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            return len(data)
+        following = data[position + 1]
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            position += 2
+        elif following == 0xFF:
+            position += 1
+        else:
+            return position
+
+
+def _decode_prefix(image: ImageFile.ImageFile, data: bytes, limit: int) -> None:
+    """Run the image's decoder over its first `limit` coded bytes (all of them when fewer),
+    as `ImageFile.load` does, into an image of the (drafted) size: OSError if it fails."""
+    (tile,) = image.tile
+    decoder = Image._getdecoder(image.mode, tile.codec_name, tile.args, image.decoderconfig)
+    try:
+        decoder.setimage(Image.core.new(image.mode, image.size), tile.extents)
+        position = tile.offset
+        end = min(len(data), position + limit)
+        error = 0
+        while position < end:
+            consumed, error = decoder.decode(data[position:end])
+            if consumed < 0:
+                break  # finished, or failed (error < 0)
+            if consumed == 0:
+                break  # wants more than the prefix holds
+            position += consumed
+        if error < 0:
+            raise ImageFile._get_oserror(error, encoder=False)
+    finally:
+        decoder.cleanup()
 
 
 # PNG colour type -> samples per pixel.
@@ -193,35 +293,44 @@ def _png_raw_size(header: bytes) -> int:
     )
 
 
-def _inflate_png(data: bytes) -> None:
-    """Walk the chunks (checking each CRC, as Pillow does) and inflate the pixel stream a
-    megabyte at a time, counting: SyntaxError unless it holds every scanline."""
+def _inflate_png(data: bytes, limit: int) -> None:
+    """Walk the chunks to IEND (checking each CRC, as Pillow does) and inflate the pixel
+    stream a megabyte at a time, counting, until it gave `limit` bytes of scanlines:
+    SyntaxError when the file ends early, or the stream ends before the scanlines the header
+    announces."""
+    view = memoryview(data)  # chunks are read in place, not copied
     position = 8
     expected: int | None = None
+    wanted = 0
     produced = 0
+    ended = False
     inflater = zlib.decompressobj()
-    while expected is None or produced < expected:
+    while True:
         head = data[position : position + 8]
         if len(head) < 8:
             break
         length, kind = struct.unpack(">I4s", head)
-        body = data[position + 8 : position + 8 + length]
+        body = view[position + 8 : position + 8 + length]
         crc = data[position + 8 + length : position + 12 + length]
         if len(body) < length or len(crc) < 4:
             break
-        if zlib.crc32(kind + body) != int.from_bytes(crc, "big"):
+        if zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc, "big"):
             raise SyntaxError(f"broken PNG file: bad CRC in the {kind!r} chunk")
         if kind == b"IHDR":
-            expected = _png_raw_size(body)
+            expected = _png_raw_size(bytes(body))
+            wanted = min(expected, limit)
         elif kind == b"IDAT" and expected is not None:
-            chunk = body
-            while chunk and produced < expected:
+            chunk: bytes | memoryview = body
+            while chunk and produced < wanted:
                 produced += len(inflater.decompress(chunk, PNG_INFLATE_STEP))
                 chunk = inflater.unconsumed_tail
         elif kind == b"IEND":
+            ended = True
             break
         position += 12 + length
-    if expected is None or produced < expected:
+    if not ended:
+        raise SyntaxError("image file is truncated: no IEND chunk; the file ends early")
+    if expected is None or produced < wanted or (inflater.eof and produced < expected):
         raise SyntaxError(
             f"image file is truncated: {produced} of {expected} bytes of scanlines; "
             "the pixel data ends early"

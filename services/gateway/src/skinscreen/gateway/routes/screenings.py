@@ -30,6 +30,7 @@ from starlette.datastructures import FormData
 from skinscreen.core.clinical import ClinicalInput
 from skinscreen.core.pad_ufes import DIAGNOSES
 from skinscreen.runtime import screenings
+from skinscreen.runtime.blobs import BlobStore
 from skinscreen.runtime.queue import ScreeningTask, enqueue_screening
 
 from .. import audited
@@ -38,8 +39,8 @@ from ..auth import ClinicianKey, Scope, ScreeningReaderKey
 from ..deps import ServicesDep
 from ..errors import FIELDS as CLINICAL_FIELDS
 from ..errors import OBJECT_DESCRIPTION, clinical_errors
-from ..images import ALLOWED_DESCRIPTION, RejectedImageError, check_image
-from ..metadata import stored_photo
+from ..images import ALLOWED_DESCRIPTION, CheckedImage, RejectedImageError, check_image
+from ..metadata import Stripped, stored_photo
 from ..schemas import (
     TERMINAL,
     UNPARSABLE_BODY,
@@ -387,16 +388,14 @@ async def create_screening(
         if keyed is not None:
             return _replay(response, key, keyed, request_sha256)
     served = await _served_model(services, name, clinical_input)
+    screening_id = uuid4()
     try:
-        checked = await run_in_threadpool(check_image, data, settings.MAX_IMAGE_PIXELS)
-        # Stored without its metadata (location, device, names), pixels untouched.
-        stored = await run_in_threadpool(stored_photo, data, checked.format)
+        # One hop to a worker thread for the check, the stripping and the write, not three.
+        checked, stored, blob_key = await run_in_threadpool(
+            _store_photo, services.blobs, screening_id, data, settings.MAX_IMAGE_PIXELS
+        )
     except RejectedImageError as exc:
         raise HTTPException(exc.status, str(exc), headers=exc.headers) from exc
-
-    screening_id = uuid4()
-    blob_key = services.blobs.key_for(screening_id, checked.extension)
-    await run_in_threadpool(services.blobs.put, blob_key, stored.data)
     try:
         created = await screenings.create(
             services.pool,
@@ -441,6 +440,18 @@ async def create_screening(
         request, services.pool, Action.SCREENING_CREATED, screening_id, model=served.name
     )
     return _accepted(response, screening_id)
+
+
+def _store_photo(
+    blobs: BlobStore, screening_id: UUID, data: bytes, max_pixels: int
+) -> tuple[CheckedImage, Stripped, str]:
+    """Check the upload (RejectedImageError), strip its metadata (location, device, names;
+    pixels untouched) and write what is left to the blob store, under the key returned."""
+    checked = check_image(data, max_pixels)
+    stored = stored_photo(data, checked.format)
+    blob_key = blobs.key_for(screening_id, checked.extension)
+    blobs.put(blob_key, stored.data)
+    return checked, stored, blob_key
 
 
 async def _served_model(
@@ -507,11 +518,13 @@ async def read_screening(
         row = await fetch()
         await audited.record(request, services.pool, Action.SCREENING_READ, screening_id)
         return _screening(row)
-    await fetch()  # 404 before anything is audited
-    await audited.record(request, services.pool, Action.SCREENING_WAITED, screening_id, wait=wait)
-    # Subscribe before reading, so a result written in between still wakes us.
+    # Subscribe before reading, so a result written in between still wakes us; one read
+    # answers 404 before anything is audited and says whether there is anything to wait for.
     async with services.finished.watch(screening_id) as finished:
         row = await fetch()
+        await audited.record(
+            request, services.pool, Action.SCREENING_WAITED, screening_id, wait=wait
+        )
         if row["status"] in TERMINAL:
             return _screening(row)
         try:
