@@ -1,14 +1,22 @@
-"""Dynamic batching: screenings from many worker threads become one ONNX Runtime call.
+"""Dynamic batching: screenings from many worker threads become ONNX Runtime calls.
 
-Celery runs each task in a thread; the task decodes its photo and hands it to
+Celery runs each task in a thread; the task reads and decodes its photo and hands it to
 the batcher, which takes the screenings already waiting and then waits for up to
 `max_batch_size` screenings or `max_wait_ms` after the first (the defaults depend on
 the provider: see `settings.BATCHING_BY_PROVIDER`), runs the model once, writes all
 results in one statement and only then releases the tasks, so Celery acknowledges a
-message only once its result is in PostgreSQL. Each batch is scored by the version `ActiveModel`
-serves when the batch starts; if that version was retired meanwhile, the
-batch is scored again by the new one, so every result carries a version that
-was active when it was written.
+message only once its result is in PostgreSQL.
+
+Up to `lanes` batches are in flight at once, each in its own ONNX Runtime call on its own
+thread: while one batch is claimed in PostgreSQL or its results are written, another is
+scored, and on a CPU each call runs on its share of the cores (`settings.Settings.
+intra_op_threads`), so a core taken by the gateway or a decode for a moment slows one call,
+not every step of one call spread over all the cores. A batch is collected only when a
+lane is free, so it takes everything that queued while the lanes were busy.
+
+Each batch is scored by the version `ActiveModel` serves when the batch starts; if that
+version was retired meanwhile, the batch is scored again by the new one, so every result
+carries a version that was active when it was written.
 """
 
 from __future__ import annotations
@@ -64,19 +72,29 @@ class Batcher:
     """Owns an event loop thread with the database pool and the batching coroutine."""
 
     def __init__(
-        self, models: ActiveModel, database_url: str, max_batch_size: int, max_wait_ms: float
+        self,
+        models: ActiveModel,
+        database_url: str,
+        max_batch_size: int,
+        max_wait_ms: float,
+        lanes: int = 1,
     ) -> None:
         self.models = models
         self.database_url = database_url
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
+        self.lanes = lanes
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="batcher", daemon=True)
-        # The model runs off the loop, so the loop keeps collecting the next batch meanwhile.
-        self._inference = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnx")
+        # The model runs off the loop, one thread per lane, so the loop keeps claiming and
+        # writing other batches meanwhile.
+        self._inference = concurrent.futures.ThreadPoolExecutor(lanes, thread_name_prefix="onnx")
         self._queue: asyncio.Queue[_Item] | None = None
         self._pool: asyncpg.Pool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        # Most batches in flight at once so far (tests read it).
+        self.peak_in_flight = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -124,7 +142,8 @@ class Batcher:
         # the batch, its tasks retry, and the batcher goes on instead of waiting forever.
         self._pool = await create_pool(
             self.database_url,
-            max_size=3,
+            # A claim or a write per lane, and the model registry's reads.
+            max_size=self.lanes + 2,
             command_timeout_s=DATABASE_TIMEOUT_S,
             acquire_timeout_s=DATABASE_TIMEOUT_S,
         )
@@ -134,6 +153,8 @@ class Batcher:
     async def _close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for task in list(self._in_flight):
+            task.cancel()
         await self.models.stop()
         if self._pool is not None:
             await self._pool.close()
@@ -157,16 +178,33 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
+        free = asyncio.Semaphore(self.lanes)
         while True:
-            batch = await self._collect()
+            await free.acquire()
             try:
-                await self._process(batch)
-            except Exception as exc:
-                # Each task decides whether to retry; the batcher itself keeps going.
-                logger.exception("batch of %d failed", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                batch = await self._collect()
+            except BaseException:
+                free.release()
+                raise
+            task = asyncio.create_task(self._batch(batch))
+            self._in_flight.add(task)
+            self.peak_in_flight = max(self.peak_in_flight, len(self._in_flight))
+
+            def done(task: asyncio.Task[None]) -> None:
+                self._in_flight.discard(task)
+                free.release()
+
+            task.add_done_callback(done)
+
+    async def _batch(self, batch: list[_Item]) -> None:
+        try:
+            await self._process(batch)
+        except Exception as exc:
+            # Each task decides whether to retry; the batcher itself keeps going.
+            logger.exception("batch of %d failed", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
 
     async def _process(self, batch: list[_Item]) -> None:
         assert self._pool is not None

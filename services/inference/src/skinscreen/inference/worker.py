@@ -65,11 +65,15 @@ def _start_runtime(**_: Any) -> None:
         settings.MODEL_NAME,
         settings.REDIS_URL,
         settings.MODEL_POLL_S,
-        settings.INTRA_OP_THREADS,
+        settings.intra_op_threads,
         on_load_failure=lambda version, exc: metrics.model_load_failed(),
     )
     runtime.batcher = Batcher(
-        models, settings.DATABASE_URL, settings.MAX_BATCH_SIZE, settings.MAX_WAIT_MS
+        models,
+        settings.DATABASE_URL,
+        settings.MAX_BATCH_SIZE,
+        settings.MAX_WAIT_MS,
+        lanes=settings.LANES,
     )
     runtime.batcher.start()
     runtime.inputs.start()
@@ -81,12 +85,15 @@ def _start_runtime(**_: Any) -> None:
     # Only now: the pod's probes read /metrics, so an answer means the model is loaded.
     metrics.serve(settings.METRICS_PORT, settings.METRICS_HOST)
     logger.info(
-        "model %s %s on %s; batches of up to %d, waiting at most %.1f ms",
+        "model %s %s on %s; batches of up to %d, waiting at most %.1f ms; %d at once, "
+        "%d ONNX Runtime threads each",
         runtime.batcher.model.name,
         runtime.batcher.model.version,
         runtime.batcher.model.provider,
         settings.MAX_BATCH_SIZE,
         settings.MAX_WAIT_MS,
+        settings.LANES,
+        settings.intra_op_threads,
     )
 
 
