@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,13 +17,15 @@ import pytest
 
 from skinscreen.core.pad_ufes import Sample, load_pad_ufes
 from skinscreen.dev.embedded import free_port
-from skinscreen.runtime.commands import PRESTART_COMMAND, gateway_command
 from tests.conftest import PAD_UFES
 from tests.scrape import Scrape  # noqa: F401  (the deploy tests read it from here)
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
+    HOST,
     MODEL_NAME,
+    Launcher,
     Process,
     Servers,
+    launcher,
     model_store,
     own_database,
     servers,
@@ -59,6 +60,7 @@ def deploy_env(
     servers: Servers,  # noqa: F811  (the imported fixture)
     model_store: Path,  # noqa: F811
     pad_ufes_dir: Path,
+    launcher: Launcher,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment a module's services run with, migrated by the pre-start step."""
@@ -77,15 +79,19 @@ def deploy_env(
         "RETRY_BACKOFF_S": "0.2",
         "CELERY_VISIBILITY_TIMEOUT_S": "60",
     }
-    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+    launcher.prestart(env)
     return env
 
 
-def start_gateway(env: dict[str, str], log: Path, *options: str) -> tuple[Process, str]:
+def start_gateway(
+    env: dict[str, str],
+    log: Path,
+    *options: str,
+    launcher: Launcher = HOST,  # noqa: F811  (not the fixture: how to start it)
+) -> tuple[Process, str]:
     """A gateway under uvicorn, started as the Deployment starts it (`options`: --workers, ...)."""
     port = free_port()
-    command = gateway_command("127.0.0.1", port, "--log-level", "warning", *options)
-    process = Process(command, env, log)
+    process = launcher.gateway(env, log, port, "--log-level", "warning", *options)
     process.start()
     url = f"http://127.0.0.1:{port}"
 

@@ -15,11 +15,10 @@ import httpx
 from redis import Redis
 
 from skinscreen.runtime import screenings
-from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import QUEUE
 from tests.serving.conftest import (
     Database,
-    Process,
+    Launcher,
     create_keys,
     hold_long_poll,
     start_worker,
@@ -37,7 +36,7 @@ DRAINING_GATEWAY = "skinscreen-draining-gateway"
 
 
 def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
-    deploy_env: dict[str, str], tmp_path: Path
+    deploy_env: dict[str, str], launcher: Launcher, tmp_path: Path
 ) -> None:
     """SIGTERM while a long poll is held: the listener closes, and the held request is still
     answered, with the result written after the signal. No worker consumes this module's
@@ -48,7 +47,7 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
         **deploy_env,
         "DATABASE_URL": with_application_name(deploy_env["DATABASE_URL"], DRAINING_GATEWAY),
     }
-    process, url = start_gateway(env, tmp_path / "gateway.log", *GATEWAY_OPTIONS)
+    process, url = start_gateway(env, tmp_path / "gateway.log", *GATEWAY_OPTIONS, launcher=launcher)
     # Both uvicorn workers up (each listens on its own connection), so any later use of
     # this gateway's connections is the long poll's.
     wait_until(
@@ -107,19 +106,19 @@ def test_gateway_finishes_requests_in_flight_and_takes_no_new_ones(
 
 
 def test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued(
-    deploy_env: dict[str, str], tmp_path: Path
+    deploy_env: dict[str, str], launcher: Launcher, tmp_path: Path
 ) -> None:
     database = Database(deploy_env["DATABASE_URL"])
     keys = create_keys(deploy_env["DATABASE_URL"])
     broker = Redis.from_url(deploy_env["REDIS_URL"])
-    gateway, url = start_gateway(deploy_env, tmp_path / "gateway.log")
+    gateway, url = start_gateway(deploy_env, tmp_path / "gateway.log", launcher=launcher)
     try:
         with httpx.Client(base_url=url, headers=keys.clinician, timeout=30) as client:
             for seed in range(N_SCREENINGS):
                 assert submit(client, seed).status_code == 202
         # The module's database and queue hold this test's screenings alone.
         total = database.value("SELECT count(*) FROM screenings")
-        worker = Process(WORKER_COMMAND, deploy_env, tmp_path / "worker.log")
+        worker = launcher.worker(deploy_env, tmp_path / "worker.log")
         worker.start()
         start_worker(worker)
 

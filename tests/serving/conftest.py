@@ -38,7 +38,12 @@ from skinscreen.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from skinscreen.runtime import accounts
 from skinscreen.runtime.accounts import Scope
 from skinscreen.runtime.artifacts import ArtifactStore
-from skinscreen.runtime.commands import PRESTART_COMMAND, WORKER_COMMAND, gateway_command
+from skinscreen.runtime.commands import (
+    PRESTART_COMMAND,
+    TRAINER_COMMAND,
+    WORKER_COMMAND,
+    gateway_command,
+)
 from tests.conftest import REPO, SHARED_DATA
 from tests.scrape import Scrape
 from tests.waiting import wait_until
@@ -168,6 +173,33 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+
+
+class Launcher:
+    """How the suite starts each service: here, as a child process on this interpreter.
+    tests/images starts each from its image instead (the `launcher` fixture there), so the
+    same tests run against the containers."""
+
+    def prestart(self, env: dict[str, str]) -> None:
+        subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+
+    def worker(self, env: dict[str, str], log: Path) -> Process:
+        return Process(WORKER_COMMAND, env, log)
+
+    def trainer(self, env: dict[str, str], log: Path) -> Process:
+        return Process(TRAINER_COMMAND, env, log)
+
+    def gateway(self, env: dict[str, str], log: Path, port: int, *options: str) -> Process:
+        """A gateway on 127.0.0.1:`port`; `options` go to uvicorn."""
+        return Process(gateway_command("127.0.0.1", port, *options), env, log)
+
+
+HOST = Launcher()
+
+
+@pytest.fixture(scope="session")
+def launcher() -> Launcher:
+    return HOST
 
 
 class Database:
@@ -341,7 +373,10 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture(scope="session")
 def stack_env(
-    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+    servers: Servers,
+    model_store: Path,
+    launcher: Launcher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment both services run with; the schema is migrated by the pre-start step."""
     env = {
@@ -363,7 +398,7 @@ def stack_env(
         "RATE_LIMIT_SCREENINGS": "1000000/minute",
         "RATE_LIMIT_READS": "1000000/minute",
     }
-    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+    launcher.prestart(env)
     return env
 
 
@@ -386,10 +421,10 @@ def _log_mentions(log: Path, text: str) -> bool:
 
 @pytest.fixture(scope="session")
 def worker(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    stack_env: dict[str, str], launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
     log = tmp_path_factory.mktemp("logs") / "worker.log"
-    process = Process(WORKER_COMMAND, stack_env, log)
+    process = launcher.worker(stack_env, log)
     process.start()
     start_worker(process)
     yield process
@@ -405,11 +440,11 @@ def start_worker(process: Process) -> None:
 
 
 def start_gateway(
-    env: dict[str, str], log: Path, log_level: str = "warning"
+    env: dict[str, str], log: Path, log_level: str = "warning", launcher: Launcher = HOST
 ) -> tuple[Process, str]:
     """A gateway under uvicorn on a free port, once it answers /healthz: its process and URL."""
     port = free_port()
-    process = Process(gateway_command("127.0.0.1", port, "--log-level", log_level), env, log)
+    process = launcher.gateway(env, log, port, "--log-level", log_level)
     process.start()
     url = f"http://127.0.0.1:{port}"
 
@@ -425,10 +460,14 @@ def start_gateway(
 
 @pytest.fixture(scope="session")
 def gateway_service(
-    stack_env: dict[str, str], worker: Process, tmp_path_factory: pytest.TempPathFactory
+    stack_env: dict[str, str],
+    worker: Process,
+    launcher: Launcher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Process, str]]:
     """A gateway whose queue a worker consumes: its process and base URL."""
-    process, url = start_gateway(stack_env, tmp_path_factory.mktemp("logs") / "gateway.log")
+    log = tmp_path_factory.mktemp("logs") / "gateway.log"
+    process, url = start_gateway(stack_env, log, launcher=launcher)
     yield process, url
     process.stop()
 
@@ -547,6 +586,7 @@ def lifecycle_stack(
     servers: Servers,
     model_store: Path,
     tmp_path_factory: pytest.TempPathFactory,
+    launcher: Launcher = HOST,
     **overrides: str,
 ) -> Iterator[Lifecycle]:
     """Pre-start, an inference worker and a gateway over a copy of the shipped models, on a
@@ -572,14 +612,14 @@ def lifecycle_stack(
         "HEARTBEAT_S": "1",
         **overrides,
     }
-    subprocess.run(PRESTART_COMMAND, env=env, check=True, timeout=120)
+    launcher.prestart(env)
     store = ArtifactStore(env["MODEL_STORE"])
-    worker = Process(WORKER_COMMAND, env, folder / "worker.log")
+    worker = launcher.worker(env, folder / "worker.log")
     worker.start()
     gateway: Process | None = None
     try:
         start_worker(worker)
-        gateway, url = start_gateway(env, folder / "gateway.log")
+        gateway, url = start_gateway(env, folder / "gateway.log", launcher=launcher)
         yield Lifecycle(
             env,
             url,
@@ -597,10 +637,13 @@ def lifecycle_stack(
 
 @pytest.fixture(scope="module")
 def lifecycle(
-    servers: Servers, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+    servers: Servers,
+    model_store: Path,
+    launcher: Launcher,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Lifecycle]:
     """A stack of the module's own whose active version its tests may switch."""
-    with lifecycle_stack(servers, model_store, tmp_path_factory) as stack:
+    with lifecycle_stack(servers, model_store, tmp_path_factory, launcher) as stack:
         yield stack
 
 

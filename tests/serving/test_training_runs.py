@@ -26,6 +26,7 @@ from skinscreen.runtime.queue import TRAINING_QUEUE
 from tests.scrape import Scrape
 from tests.serving.conftest import (
     MODEL_NAME,
+    Launcher,
     Lifecycle,
     Photo,
     Process,
@@ -78,9 +79,9 @@ def client(lifecycle: Lifecycle) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def trainer(lifecycle: Lifecycle) -> Iterator[Process]:
-    process = Process(
-        TRAINER_COMMAND, lifecycle.env, Path(lifecycle.env["RUNS_DIR"]).parent / "trainer.log"
+def trainer(lifecycle: Lifecycle, launcher: Launcher) -> Iterator[Process]:
+    process = launcher.trainer(
+        lifecycle.env, Path(lifecycle.env["RUNS_DIR"]).parent / "trainer.log"
     )
     process.start()
     _wait_until(lambda: _log_mentions(process.log, "ready."), 180, "trainer worker", process)

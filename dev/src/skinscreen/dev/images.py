@@ -65,11 +65,18 @@ IMAGES: Final = {
         Image("skinscreen-inference", "services/inference/Dockerfile"),
         Image("skinscreen-trainer", "services/trainer/Dockerfile"),
         Image("skinscreen-inference-gpu", "services/inference/Dockerfile.gpu"),
+        # Debian's PostgreSQL and Redis, for the stack from the images here (tests/images).
+        Image("skinscreen-dev-servers", "dev/containers/servers.Dockerfile"),
     )
 }
 # The GPU image is built on request (--only): onnxruntime-gpu's CUDA libraries are large, and
 # no GPU here can run it.
-DEFAULT_IMAGES: Final = ("skinscreen-gateway", "skinscreen-inference", "skinscreen-trainer")
+DEFAULT_IMAGES: Final = (
+    "skinscreen-gateway",
+    "skinscreen-inference",
+    "skinscreen-trainer",
+    "skinscreen-dev-servers",
+)
 
 # The engine's settings: runc, cgroupfs, no ulimits a container here may not set.
 CONTAINERS_CONF: Final = """\
