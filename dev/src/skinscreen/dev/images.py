@@ -243,7 +243,7 @@ def build_arguments(image: Image, base: str) -> list[str]:
     else:
         arguments += ["--build-arg", f"BASE_IMAGE={base}"]
     bundle = ca_bundle()
-    if bundle is not None:
+    if bundle is not None and "ARG PIP_CERT" in (REPO / image.dockerfile).read_text():
         arguments += ["--volume", f"{bundle}:/run/skinscreen-build-ca.pem:ro",
                       "--build-arg", "PIP_CERT=/run/skinscreen-build-ca.pem"]  # fmt: skip
     wheels = torch_wheels()
@@ -272,6 +272,17 @@ def report(image: Image, base: str) -> str:
             continue
         step = " ".join(created_by.removeprefix("/bin/sh -c ").removeprefix("#(nop) ").split())
         lines.append(f"  {layer_size.strip():>9}  {step[:100]}")
+    if image.name != "skinscreen-dev-servers":
+        # Most of an image is its environment: what in it costs most.
+        largest = podman("run", "--rm", "--network", "none", "--no-healthcheck",
+                         "--entrypoint", "sh", image.reference,
+                         "-c", "du -sk /opt/skinscreen/lib/python3*/site-packages/* "
+                         "| sort -rn | head -6", capture=True)  # fmt: skip
+        packages = [
+            f"{Path(path).name} {int(kilobytes) / 1e3:,.0f} MB"
+            for kilobytes, path in (row.split("\t", 1) for row in largest.splitlines())
+        ]
+        lines.append(f"  largest in /opt/skinscreen: {', '.join(packages)}")
     return "\n".join(lines)
 
 
