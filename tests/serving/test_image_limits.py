@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinscreen.core.memory import MIB, DecodeBudget, DecodeBudgetTimeoutError
+from skinscreen.core.memory import MIB, TRIM_AFTER_BYTES, DecodeBudget, DecodeBudgetTimeoutError
 from skinscreen.gateway import images
 from skinscreen.gateway.images import DecoderBusyError, check_image
 from skinscreen.gateway.settings import Settings as GatewaySettings
@@ -155,3 +155,18 @@ def test_a_jpeg_whose_coded_data_cannot_be_decoded_is_422() -> None:
     with pytest.raises(images.CorruptImageError) as refused:
         check_image(bytes(data), 50_000_000, MIN_SIDE, DecodeBudget(64 * MIB), 1)
     assert "the JPEG file is truncated or corrupt" in str(refused.value)
+
+
+def test_the_heap_is_trimmed_after_large_decodes_not_after_each_small_one() -> None:
+    budget = DecodeBudget(1024 * MIB)
+    small = TRIM_AFTER_BYTES // 8
+    for _ in range(7):
+        with budget.hold(small):
+            pass
+    assert budget.trims == 0
+    with budget.hold(small):
+        pass
+    assert budget.trims == 1  # the eighth brought the total to TRIM_AFTER_BYTES
+    with budget.hold(TRIM_AFTER_BYTES), budget.hold(small):
+        pass
+    assert budget.trims == 2  # one large photo: trimmed once nothing decodes

@@ -12,7 +12,9 @@ grows, by default, to the largest buffer freed so far (up to 32 MB), so after on
 big photos every later decode's 16 MB blocks (Pillow's) land in the heap and its arenas,
 which the process keeps (9.9 GB after a burst). `tune_malloc` fixes the threshold, so those
 blocks go back to the system when freed, and `DecodeBudget` trims the heap
-(`malloc_trim`) when its last decode ends.
+(`malloc_trim`) when its last decode ends, once the decodes since the last trim held
+TRIM_AFTER_BYTES together: after every large photo, but not after every small one (a trim
+walks the whole heap; in a busy worker it cost about as much as a small photo's resize).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ MIB: Final = 1024 * 1024
 # Buffers from this size up are mapped on their own and unmapped when freed (M_MMAP_THRESHOLD).
 MMAP_THRESHOLD: Final = 1 * MIB
 _M_MMAP_THRESHOLD: Final = -3
+# Bytes the decodes since the last trim must have held before the next idle moment trims.
+TRIM_AFTER_BYTES: Final = 64 * MIB
 
 
 @functools.cache
@@ -79,6 +83,9 @@ class DecodeBudget:
         self._condition = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()
         self.peak_in_use = 0
+        self._held_since_trim = 0
+        # Trims so far (tests read it).
+        self.trims = 0
 
     @property
     def in_use(self) -> int:
@@ -116,7 +123,11 @@ class DecodeBudget:
         finally:
             with self._condition:
                 self._free += cost
-                idle = self._free == self.budget
+                self._held_since_trim += cost
+                due = self._free == self.budget and self._held_since_trim >= TRIM_AFTER_BYTES
+                if due:
+                    self._held_since_trim = 0
+                    self.trims += 1
                 self._condition.notify_all()
-            if idle and cost:
+            if due:
                 trim()
