@@ -29,7 +29,7 @@ from skinscreen.core.clinical import ClinicalInput, encode_many
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.core.pad_ufes import DataError, load_pad_ufes
 from skinscreen.inference.model import load_version
-from skinscreen.inference.settings import Settings
+from skinscreen.inference.settings import Settings, available_cores
 from skinscreen.runtime import registry
 from skinscreen.runtime.artifacts import fetch_model
 
@@ -67,7 +67,8 @@ async def active_version(settings: Settings) -> registry.ModelVersion:
 
 
 def raw_throughput(settings: Settings, photos: list[Photo], duration_s: float) -> float:
-    """Screenings per second of ONNX Runtime alone, in batches of MAX_BATCH_SIZE."""
+    """Screenings per second of ONNX Runtime alone, in batches of MAX_BATCH_SIZE, one call at
+    a time on all cores (INTRA_OP_THREADS as set, 0: ONNX Runtime's own default, all cores)."""
     model = load_version(asyncio.run(active_version(settings)), settings.INTRA_OP_THREADS)
     size = settings.MAX_BATCH_SIZE
     chosen = (photos * (size // len(photos) + 1))[:size]
@@ -194,8 +195,18 @@ def percentiles(latencies: list[float]) -> str:
     )
 
 
+def load_average() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def run(args: argparse.Namespace, photos: list[Photo], url: str, settings: Settings) -> None:
     model = settings.MODEL_NAME
+    # Shared machines: what else ran says how far to trust the figures.
+    print(f"machine: {available_cores()} cores given; load average {load_average()} (1, 5, 15 min)")
+    print(
+        f"worker: batches of up to {settings.MAX_BATCH_SIZE}, waiting {settings.MAX_WAIT_MS:g} "
+        f"ms; {settings.LANES} at once, {settings.intra_op_threads} ONNX Runtime threads each"
+    )
     raw_before = raw_throughput(settings, photos, args.raw_duration)
     print(f"model {model}; raw ONNX Runtime: {raw_before:.1f} screenings/s "
           f"(batches of {settings.MAX_BATCH_SIZE})")  # fmt: skip
@@ -224,6 +235,7 @@ def run(args: argparse.Namespace, photos: list[Photo], url: str, settings: Setti
 
     half = asyncio.run(open_loop(url, photos, model, throughput / 2, args.duration))
     print(f"at half saturation ({throughput / 2:.1f}/s): {percentiles(half)}")
+    print(f"load average at the end: {load_average()}")
 
 
 def main(argv: list[str] | None = None) -> None:
