@@ -50,6 +50,8 @@ SERVERS_IMAGE = f"localhost/skinscreen-dev-servers:{TAG}"
 GATEWAY = ("skinscreen-gateway", "gateway")
 PRESTART = ("skinscreen-gateway", "prestart")
 INFERENCE = ("skinscreen-inference", "inference")
+# Every other served model has a Deployment of its own: skinscreen-inference-<model's suffix>.
+MODEL_WORKERS = {"skinscreen-dermoscopy": ("skinscreen-inference-dermoscopy", "inference")}
 TRAINER = ("skinscreen-trainer", "trainer")
 
 
@@ -151,7 +153,9 @@ class ContainerLauncher(Launcher):
         assert code == 0, f"pre-start exited {code}; log:\n{log.read_text()[-4000:]}"
 
     def worker(self, env: dict[str, str], log: Path) -> Process:
-        return ContainerProcess(container_spec(*INFERENCE), env, log)
+        """The worker of the model env's MODEL_NAME names, from that model's Deployment."""
+        workload = MODEL_WORKERS.get(env.get("MODEL_NAME", ""), INFERENCE)
+        return ContainerProcess(container_spec(*workload), env, log)
 
     def trainer(self, env: dict[str, str], log: Path) -> Process:
         return ContainerProcess(container_spec(*TRAINER), env, log)

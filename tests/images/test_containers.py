@@ -1,7 +1,8 @@
 """The suite's own tests, run against the stack from the images (this package's conftest).
 
 Each test below is imported from the module that defines it and runs here unchanged, on
-containers run as the Kubernetes manifests run them: a screening end to end, a hot swap and a
+containers run as the Kubernetes manifests run them: a screening end to end, a photo alone
+through the image-only model's own worker (its own Deployment), a hot swap and a
 rollback under traffic, a training run that the gate promotes and the workers then serve, and
 SIGTERM to the gateway and to an inference worker with nothing in flight lost.
 """
@@ -16,6 +17,11 @@ from tests.deploy.test_graceful_shutdown import (  # noqa: F401  (collected here
     test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued,
 )
 from tests.serving.test_e2e import test_real_photos_match_a_direct_onnx_run  # noqa: F401
+from tests.serving.test_image_only import (  # noqa: F401  (collected here, with fixtures)
+    dermoscopy_photos,
+    image_only_worker,
+    test_a_photo_alone_is_screened_by_the_image_only_model,
+)
 from tests.serving.test_lifecycle import test_hot_swap_and_rollback_under_traffic  # noqa: F401
 from tests.serving.test_training_runs import (  # noqa: F401  (collected here, with fixtures)
     client,

@@ -23,10 +23,16 @@ from celery import Celery
 from skinscreen.core.ham10000 import load_ham10000
 from skinscreen.core.imaging import load_and_preprocess
 from skinscreen.runtime import registry
-from skinscreen.runtime.commands import WORKER_COMMAND
 from skinscreen.runtime.queue import queue_for
 from tests.conftest import DESIGN_EXAMPLE
-from tests.serving.conftest import Keys, Process, ranking_auc, served_model, start_worker
+from tests.serving.conftest import (
+    Keys,
+    Launcher,
+    Process,
+    ranking_auc,
+    served_model,
+    start_worker,
+)
 
 IMAGE_ONLY = "skinscreen-dermoscopy"
 N_PHOTOS = 10
@@ -39,11 +45,11 @@ pytestmark = pytest.mark.data  # real HAM10000 and PAD-UFES-20 photos; skipped w
 
 @pytest.fixture(scope="module")
 def image_only_worker(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    stack_env: dict[str, str], launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
     """A second inference worker, serving the image-only model from its own queue."""
     log = tmp_path_factory.mktemp("logs") / "image-only-worker.log"
-    process = Process(WORKER_COMMAND, {**stack_env, "MODEL_NAME": IMAGE_ONLY}, log)
+    process = launcher.worker({**stack_env, "MODEL_NAME": IMAGE_ONLY}, log)
     start_worker(process)
     yield process
     process.stop()
