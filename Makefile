@@ -93,6 +93,12 @@ chromium:
 images: $(INSTALLED)
 	$(VENV)/bin/skinscreen-images $(IMAGES_OPTIONS)
 
+# `make run` from the images: every service in its container, as its manifest runs it, on
+# PostgreSQL and Redis in containers; the gateway on http://127.0.0.1:8000. Ctrl-C stops it.
+.PHONY: run-images
+run-images: images
+	$(VENV)/bin/skinscreen-image-stack --data var/image-stack
+
 # tests/images runs the stack from the images.
 test: $(INSTALLED) chromium images
 	$(PY) -m pytest

@@ -22,7 +22,12 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from skinscreen.dev.containers import ContainerSpec, container_spec, run_arguments
+from skinscreen.dev.containers import (
+    ContainerSpec,
+    container_spec,
+    prepare_volumes,
+    run_arguments,
+)
 from skinscreen.dev.embedded import free_port
 from skinscreen.dev.images import DEFAULT_IMAGES, TAG, engine_env, image_exists
 from skinscreen.runtime.artifacts import ArtifactStore, import_published
@@ -98,19 +103,7 @@ class ContainerProcess(Process):
         self.command = ["podman", *run_arguments(spec, self.name, self.settings, command=command)]
 
     def start(self) -> None:
-        uid, gid = (int(part) for part in self.spec.user.split(":"))
-        for mount in self.spec.mounts:
-            folders = [
-                Path(self.settings[key])
-                for key, value in self.spec.env.items()
-                if mount.claim is not None and value == mount.path and key in self.settings
-            ]
-            for folder in folders:
-                # A volume exists before any pod mounts it; and what fsGroup does in the
-                # cluster, here: the volumes the service writes are its own.
-                folder.mkdir(parents=True, exist_ok=True)
-                if not mount.read_only:
-                    chown_tree(folder, uid, gid)
+        prepare_volumes(self.spec, self.settings)
         podman("rm", "--force", self.name, check=False)
         with self.log.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -128,11 +121,6 @@ class ContainerProcess(Process):
             super().stop()
         finally:
             podman("rm", "--force", "--time", "5", self.name, check=False)
-
-
-def chown_tree(folder: Path, uid: int, gid: int) -> None:
-    for path in [folder, *folder.rglob("*")]:
-        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 class ContainerLauncher(Launcher):

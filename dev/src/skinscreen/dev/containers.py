@@ -193,16 +193,39 @@ def run_arguments(
             mode = "ro" if mount.read_only else "rw"
             arguments += ["--tmpfs", f"{mount.path}:{mode},size={tmpfs_size(mount.size_limit)},"
                           f"mode=1777"]  # fmt: skip
+    mounted: dict[str, Path] = {}
+    for folder, mount in volume_folders(spec, settings):
+        if mount.path in mounted:
+            if mounted[mount.path] != folder:
+                raise ValueError(
+                    f"{mount.path} is given two folders: {mounted[mount.path]}, {folder}"
+                )
             continue
-        variables = [key for key, value in spec.env.items() if value == mount.path]
-        folders = {settings[key] for key in variables if key in settings}
-        if not folders:
-            continue
-        if len(folders) > 1:
-            raise ValueError(f"{mount.path} is given two folders: {sorted(folders)}")
-        (folder,) = folders
+        mounted[mount.path] = folder
         suffix = ":ro" if mount.read_only else ""
-        arguments += ["--volume", f"{Path(folder).resolve()}:{folder}{suffix}"]
+        arguments += ["--volume", f"{folder.resolve()}:{folder}{suffix}"]
     for key, value in sorted(env.items()):
         arguments += ["--env", f"{key}={value}"]
     return [*arguments, spec.image, *(command if command is not None else spec.command)]
+
+
+def volume_folders(spec: ContainerSpec, settings: Mapping[str, str]) -> list[tuple[Path, Mount]]:
+    """The host folders `run_arguments` mounts for `spec` under `settings`, with their mounts."""
+    return [
+        (Path(settings[key]), mount)
+        for mount in spec.mounts
+        if mount.claim is not None
+        for key, value in spec.env.items()
+        if value == mount.path and key in settings
+    ]
+
+
+def prepare_volumes(spec: ContainerSpec, settings: Mapping[str, str]) -> None:
+    """Each volume's folder exists before the container mounts it, as a claim's volume does;
+    and, as fsGroup does in the cluster, the volumes the service writes are its user's."""
+    uid, gid = (int(part) for part in spec.user.split(":"))
+    for folder, mount in volume_folders(spec, settings):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not mount.read_only:
+            for path in [folder, *folder.rglob("*")]:
+                os.chown(path, uid, gid, follow_symlinks=False)
