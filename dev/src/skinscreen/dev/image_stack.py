@@ -43,7 +43,6 @@ SERVICES: Final = (
     ("trainer", "skinscreen-trainer", "trainer"),
     ("gateway", "skinscreen-gateway", "gateway"),
 )
-PREFIX: Final = "skinscreen-stack-"
 
 
 def podman(*arguments: str, check: bool = True) -> str:
@@ -57,7 +56,7 @@ class Container:
 
     def __init__(self, name: str, spec: ContainerSpec, settings: Mapping[str, str],
                  log: Path, command: list[str] | None = None) -> None:  # fmt: skip
-        self.name = f"{PREFIX}{name}"
+        self.name = name
         self.spec = spec
         self.settings = settings
         self.log = log
@@ -85,12 +84,12 @@ class Container:
         podman("rm", "--force", self.name, check=False)
 
 
-def start_servers(database_port: int, redis_port: int) -> tuple[str, str]:
+def start_servers(prefix: str, database_port: int, redis_port: int) -> tuple[str, str]:
     """PostgreSQL and Redis on loopback, in containers; their URLs once both answer."""
-    podman("rm", "--force", f"{PREFIX}postgres", f"{PREFIX}redis", check=False)
-    podman("run", "--detach", "--rm", "--name", f"{PREFIX}postgres", "--network", "host",
+    podman("rm", "--force", f"{prefix}postgres", f"{prefix}redis", check=False)
+    podman("run", "--detach", "--rm", "--name", f"{prefix}postgres", "--network", "host",
            "--user", "postgres", "--env", f"PGPORT={database_port}", SERVERS_IMAGE)  # fmt: skip
-    podman("run", "--detach", "--rm", "--name", f"{PREFIX}redis", "--network", "host",
+    podman("run", "--detach", "--rm", "--name", f"{prefix}redis", "--network", "host",
            "--user", "redis", SERVERS_IMAGE, "redis-server", "--bind", "127.0.0.1",
            "--port", str(redis_port), "--save", "", "--appendonly", "no")  # fmt: skip
     root = f"postgresql://skinscreen@127.0.0.1:{database_port}"
@@ -113,7 +112,7 @@ def start_servers(database_port: int, redis_port: int) -> tuple[str, str]:
         except (OSError, asyncpg.PostgresError):
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    "PostgreSQL did not start: " + podman("logs", f"{PREFIX}postgres", check=False)
+                    "PostgreSQL did not start: " + podman("logs", f"{prefix}postgres", check=False)
                 ) from None
             time.sleep(0.5)
     return f"{root}/skinscreen", f"redis://127.0.0.1:{redis_port}/0"
@@ -151,10 +150,28 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in DEFAULT_IMAGES if not image_exists(f"localhost/{name}:{TAG}")]
     if missing:
         raise SystemExit(f"images not built: {', '.join(missing)}; run `make images` first")
+    (args.data / "logs").mkdir(parents=True, exist_ok=True)
+    # Containers named by the gateway's port: two stacks on one machine keep apart.
+    prefix = f"skinscreen-stack-{args.port}-"
+    containers: list[Container] = []
+    try:
+        database_url, redis_url = start_servers(prefix, free_port(), free_port())
+        return serve(args, prefix, database_url, redis_url, containers)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping", flush=True)
+        for container in reversed(containers):
+            container.stop()
+        podman("rm", "--force", "--time", "5", f"{prefix}postgres", f"{prefix}redis",
+               check=False)  # fmt: skip
+
+
+def serve(args: argparse.Namespace, prefix: str, database_url: str, redis_url: str,
+          containers: list[Container]) -> int:  # fmt: skip
+    """Pre-start, then every service; until a container exits (its status: 1)."""
     data = args.data.resolve()
     logs = data / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    database_url, redis_url = start_servers(free_port(), free_port())
     settings = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -166,47 +183,37 @@ def main(argv: list[str] | None = None) -> int:
         "RATE_LIMIT_SCREENINGS": "1000000/minute",
         "RATE_LIMIT_READS": "1000000/minute",
     }
-    containers: list[Container] = []
-    try:
-        for uri in import_published(ArtifactStore(settings["MODEL_STORE"]), args.shipped):
-            print(f"shipped model published at {uri}", flush=True)
-        prestart = Container("prestart", container_spec("skinscreen-gateway", "prestart"),
-                             settings, logs / "prestart.log")  # fmt: skip
-        prestart.start()
-        assert prestart.popen is not None
-        if prestart.popen.wait(300) != 0:
-            raise SystemExit(f"the pre-start step failed; see {prestart.log}")
-        url = f"http://127.0.0.1:{args.port}"
-        for name, workload, in_pod in SERVICES:
-            spec = container_spec(workload, in_pod)
-            own = {**settings, "METRICS_PORT": str(free_port())}
-            command = None
-            if name == "gateway":
-                command = list(spec.command)
-                command[command.index("--port") + 1] = str(args.port)
-                command[command.index("--host") + 1] = "127.0.0.1"
-            containers.append(Container(name, spec, own, logs / f"{name}.log", command))
-            containers[-1].start()
-            print(f"started {name} ({spec.image}); its output: {containers[-1].log}", flush=True)
-        wait_ready(url, containers[-1])
-        keys = asyncio.run(ensure_dev_keys(database_url, data / KEYS_FILE))
-        print(f"\nskinscreen, from its images, on {url} (API docs at {url}/docs)")
-        print(f"API key (development clinic): {keys.clinician}")
-        print(f"API key (operator): {keys.operator}")
-        print("Ctrl-C stops it.", flush=True)
-        while all(container.exited() is None for container in containers):
-            time.sleep(1)
-        gone = [container for container in containers if container.exited() is not None]
-        print(f"{gone[0].name} exited ({gone[0].exited()}); see {gone[0].log}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        print("stopping", flush=True)
-        for container in reversed(containers):
-            container.stop()
-        podman("rm", "--force", "--time", "5", f"{PREFIX}postgres", f"{PREFIX}redis",
-               check=False)  # fmt: skip
+    for uri in import_published(ArtifactStore(settings["MODEL_STORE"]), args.shipped):
+        print(f"shipped model published at {uri}", flush=True)
+    prestart = Container(f"{prefix}prestart", container_spec("skinscreen-gateway", "prestart"),
+                         settings, logs / "prestart.log")  # fmt: skip
+    prestart.start()
+    assert prestart.popen is not None
+    if prestart.popen.wait(300) != 0:
+        raise SystemExit(f"the pre-start step failed; see {prestart.log}")
+    url = f"http://127.0.0.1:{args.port}"
+    for name, workload, in_pod in SERVICES:
+        spec = container_spec(workload, in_pod)
+        own = {**settings, "METRICS_PORT": str(free_port())}
+        command = None
+        if name == "gateway":
+            command = list(spec.command)
+            command[command.index("--port") + 1] = str(args.port)
+            command[command.index("--host") + 1] = "127.0.0.1"
+        containers.append(Container(prefix + name, spec, own, logs / f"{name}.log", command))
+        containers[-1].start()
+        print(f"started {name} ({spec.image}); its output: {containers[-1].log}", flush=True)
+    wait_ready(url, containers[-1])
+    keys = asyncio.run(ensure_dev_keys(database_url, data / KEYS_FILE))
+    print(f"\nskinscreen, from its images, on {url} (API docs at {url}/docs)")
+    print(f"API key (development clinic): {keys.clinician}")
+    print(f"API key (operator): {keys.operator}")
+    print("Ctrl-C stops it.", flush=True)
+    while all(container.exited() is None for container in containers):
+        time.sleep(1)
+    gone = [container for container in containers if container.exited() is not None]
+    print(f"{gone[0].name} exited ({gone[0].exited()}); see {gone[0].log}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
