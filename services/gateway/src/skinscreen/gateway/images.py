@@ -226,12 +226,13 @@ def _walk_jpeg(data: bytes) -> None:
         frame += marker in _SOF
         if marker == 0xDA:
             scans += 1
-            position = _entropy_end(data, position)
+            position = entropy_end(data, position)
 
 
-def _entropy_end(data: bytes, position: int) -> int:
+def entropy_end(data: bytes, position: int) -> int:
     """Where the coded data starting at `position` ends: at the next marker that is not a
-    stuffed 0xFF00 or a restart marker (the file's length if none follows)."""
+    stuffed 0xFF00 or a restart marker (the file's length if none follows). The photo check
+    and the metadata stripping (metadata.py) both walk a JPEG's segments with it."""
     while True:
         position = data.find(b"\xff", position)
         if position < 0 or position + 1 >= len(data):
@@ -240,7 +241,7 @@ def _entropy_end(data: bytes, position: int) -> int:
         if following == 0x00 or 0xD0 <= following <= 0xD7:
             position += 2
         elif following == 0xFF:
-            position += 1
+            position += 1  # a fill byte before a marker
         else:
             return position
 

@@ -42,7 +42,7 @@ from typing import Final
 
 from PIL import ExifTags, Image
 
-from .images import CorruptImageError
+from .images import CorruptImageError, entropy_end
 
 
 class MetadataError(ValueError):
@@ -152,22 +152,6 @@ def _kept_jpeg_segment(marker: int, payload: bytes) -> bytes | None:
     return _jpeg_segment(marker, payload)
 
 
-def _entropy_end(data: bytes, position: int) -> int:
-    """Where the coded data starting at `position` ends: at the next marker that is not a
-    stuffed 0xFF00 or a restart marker."""
-    while True:
-        position = data.find(b"\xff", position)
-        if position < 0 or position + 1 >= len(data):
-            return len(data)
-        following = data[position + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
-            position += 2
-        elif following == 0xFF:
-            position += 1  # fill byte before a marker
-        else:
-            return position
-
-
 def strip_jpeg(data: bytes, orientation: int | None = None) -> bytes:
     """The JPEG's decoding segments and coded data, as they were; see the module's docstring."""
     if not data.startswith(SOI):
@@ -208,7 +192,7 @@ def strip_jpeg(data: bytes, orientation: int | None = None) -> bytes:
         if kept is not None:
             out.append(kept)
         if marker == SOS:
-            end = _entropy_end(data, position)
+            end = entropy_end(data, position)
             out.append(data[position:end])
             position = end
     out.append(EOI)
