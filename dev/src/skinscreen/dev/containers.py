@@ -167,8 +167,8 @@ def run_arguments(
     `settings` are the caller's values, over the manifest's: the secrets, and any setting the
     caller changes. A setting whose manifest value is a persistent volume's mount path names
     the host folder to mount there (at its own path); a volume the caller names no folder for is
-    left out, as is a setting that names a path the container does not mount. `command`
-    replaces the manifest's (the gateway's port, say).
+    left out. Any other setting is passed as it is: a path in one that the container does not
+    mount is not there for it. `command` replaces the manifest's (the gateway's port, say).
     """
     missing = spec.secrets - settings.keys()
     if missing:
