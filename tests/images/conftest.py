@@ -9,27 +9,23 @@ image instead of a child process of this interpreter), and imports the rest by n
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from redis import Redis
-from redis.exceptions import RedisError
 
 from skinscreen.dev.containers import (
+    Container,
     ContainerSpec,
     container_spec,
-    prepare_volumes,
-    run_arguments,
+    start_servers,
+    stop_servers,
 )
 from skinscreen.dev.embedded import free_port
-from skinscreen.dev.images import DEFAULT_IMAGES, TAG, engine_env, image_exists
+from skinscreen.dev.images import DEFAULT_IMAGES, TAG, image_exists
 from skinscreen.runtime.artifacts import ArtifactStore, import_published
 from tests.deploy.conftest import deploy_env  # noqa: F401  (a fixture, used by name)
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
@@ -48,9 +44,7 @@ from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
     submit_photo,
     worker,
 )
-from tests.waiting import wait_until
 
-SERVERS_IMAGE = f"localhost/skinscreen-dev-servers:{TAG}"
 # The Deployment and container that run each service (deploy/k8s/base).
 GATEWAY = ("skinscreen-gateway", "gateway")
 PRESTART = ("skinscreen-gateway", "prestart")
@@ -72,19 +66,13 @@ def images() -> None:
         )
 
 
-def podman(*arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *arguments], env=engine_env(), check=check, capture_output=True, text=True
-    )
-
-
 def container_name(what: str) -> str:
     return f"skinscreen-test-{what}-{uuid.uuid4().hex[:8]}"
 
 
 class ContainerProcess(Process):
-    """A service in its container, started with `podman run` in the foreground: podman passes
-    SIGTERM on to the service (as the kubelet sends it), and the container goes with it."""
+    """A service in its container (skinscreen.dev.containers.Container), behind the interface
+    the suite's tests use for a service process: its env, log, popen, start, stop and kill."""
 
     def __init__(
         self,
@@ -94,33 +82,20 @@ class ContainerProcess(Process):
         command: list[str] | None = None,
     ) -> None:
         super().__init__([], env, log)  # fills in METRICS_PORT
-        self.spec = spec
-        self.name = container_name(spec.container)
         # The test's own settings: those it set or changed, over the manifest's.
-        self.settings = {
-            key: value for key, value in self.env.items() if os.environ.get(key) != value
-        }
-        self.command = ["podman", *run_arguments(spec, self.name, self.settings, command=command)]
+        settings = {key: value for key, value in self.env.items() if os.environ.get(key) != value}
+        self.container = Container(container_name(spec.container), spec, settings, log, command)
+        self.command = ["podman", *self.container.arguments]
 
     def start(self) -> None:
-        prepare_volumes(self.spec, self.settings)
-        podman("rm", "--force", self.name, check=False)
-        with self.log.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.command, env=engine_env(), stdout=log, stderr=subprocess.STDOUT
-            )
+        self.container.start()
+        self.popen = self.container.popen
 
     def kill(self) -> None:
-        """SIGKILL to the service in its container, as an OOM kill."""
-        podman("kill", "--signal", "KILL", self.name, check=False)
-        assert self.popen is not None
-        self.popen.wait(30)
+        self.container.kill()
 
     def stop(self) -> None:
-        try:
-            super().stop()
-        finally:
-            podman("rm", "--force", "--time", "5", self.name, check=False)
+        self.container.stop(timeout_s=30)
 
 
 class ContainerLauncher(Launcher):
@@ -165,44 +140,9 @@ def launcher() -> Launcher:
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     """PostgreSQL and Redis, each in a container of Debian's packages, on loopback."""
-    database_port, redis_port = free_port(), free_port()
-    names = [container_name("postgres"), container_name("redis")]
-    podman("run", "--detach", "--rm", "--name", names[0], "--network", "host",
-           "--user", "postgres", "--env", f"PGPORT={database_port}", SERVERS_IMAGE)  # fmt: skip
-    podman("run", "--detach", "--rm", "--name", names[1], "--network", "host", "--user", "redis",
-           SERVERS_IMAGE, "redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
-           "--save", "", "--appendonly", "no")  # fmt: skip
+    prefix = container_name("server") + "-"
     try:
-        root = f"postgresql://skinscreen@127.0.0.1:{database_port}"
-
-        def create_database() -> bool:
-            async def create() -> None:
-                connection = await asyncpg.connect(f"{root}/postgres")
-                try:
-                    await connection.execute("CREATE DATABASE skinscreen")
-                finally:
-                    await connection.close()
-
-            try:
-                asyncio.run(create())
-            except (OSError, asyncpg.PostgresError):
-                return False
-            return True
-
-        wait_until(create_database, lambda: podman("logs", names[0]).stdout, 60)
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-
-        def redis_answers() -> bool:
-            client = Redis.from_url(redis_url)
-            try:
-                return bool(client.ping())
-            except RedisError:
-                return False
-            finally:
-                client.close()
-
-        wait_until(redis_answers, lambda: podman("logs", names[1]).stdout, 30)
-        yield Servers(database_url=f"{root}/skinscreen", redis_url=redis_url)
+        database_url, redis_url = start_servers(prefix, free_port(), free_port())
+        yield Servers(database_url=database_url, redis_url=redis_url)
     finally:
-        for name in names:
-            podman("rm", "--force", "--time", "5", name, check=False)
+        stop_servers(prefix)

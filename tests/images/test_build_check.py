@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from skinscreen.dev.images import TAG
+from skinscreen.dev.images import TAG, podman
 from tests.conftest import REPO
-
-from .conftest import podman
 
 pytestmark = pytest.mark.timeout(300)
 

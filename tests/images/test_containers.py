@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from skinscreen.dev.containers import container_spec, run_arguments
+from skinscreen.dev.images import podman
 from tests.deploy.test_graceful_shutdown import (  # noqa: F401  (collected here)
     test_gateway_finishes_requests_in_flight_and_takes_no_new_ones,
     test_inference_worker_finishes_its_batches_and_leaves_the_rest_queued,
@@ -29,7 +30,7 @@ from tests.serving.test_training_runs import (  # noqa: F401  (collected here, w
     trainer,
 )
 
-from .conftest import GATEWAY, INFERENCE, TRAINER, container_name, podman
+from .conftest import GATEWAY, INFERENCE, TRAINER, container_name
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(900)]
 

@@ -15,10 +15,9 @@ import httpx
 import pytest
 
 from skinscreen.dev.embedded import free_port
+from skinscreen.dev.images import podman
 from tests.conftest import DESIGN_EXAMPLE, HAM10000, PAD_UFES
 from tests.waiting import wait_until
-
-from .conftest import podman
 
 pytestmark = [pytest.mark.data, pytest.mark.timeout(600)]
 

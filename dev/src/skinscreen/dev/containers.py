@@ -17,20 +17,28 @@ Two things differ from a cluster, both for the machine rather than the service:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
+import asyncpg
 import yaml
+from redis import Redis
+from redis.exceptions import RedisError
 
-from .images import REPO, TAG
+from .images import REPO, TAG, engine_env, podman
 
 OVERLAY: Final = REPO / "deploy" / "k8s" / "overlays" / "dev"
+# Debian's PostgreSQL and Redis (dev/containers/servers.Dockerfile), for a stack here.
+SERVERS_IMAGE: Final = f"localhost/skinscreen-dev-servers:{TAG}"
 # A Kubernetes emptyDir without a size limit, as a tmpfs here.
 DEFAULT_TMPFS_SIZE: Final = "1g"
 
@@ -229,3 +237,96 @@ def prepare_volumes(spec: ContainerSpec, settings: Mapping[str, str]) -> None:
         if not mount.read_only:
             for path in [folder, *folder.rglob("*")]:
                 os.chown(path, uid, gid, follow_symlinks=False)
+
+
+class Container:
+    """A service's container, in the foreground of a `podman run` whose output goes to `log`:
+    podman passes SIGTERM on to the service (as the kubelet sends it), and the container goes
+    with it."""
+
+    def __init__(self, name: str, spec: ContainerSpec, settings: Mapping[str, str],
+                 log: Path, command: Sequence[str] | None = None) -> None:  # fmt: skip
+        self.name = name
+        self.spec = spec
+        self.settings = settings
+        self.log = log
+        self.arguments = run_arguments(spec, name, settings, command=command)
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        prepare_volumes(self.spec, self.settings)
+        podman("rm", "--force", self.name, check=False)
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(["podman", *self.arguments], env=engine_env(),
+                                          stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def exited(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def kill(self) -> None:
+        """SIGKILL to the service, as an OOM kill."""
+        podman("kill", "--signal", "KILL", self.name, check=False)
+        if self.popen is not None:
+            self.popen.wait(30)
+
+    def stop(self, timeout_s: float = 40) -> None:
+        """SIGTERM, up to `timeout_s` to finish, then SIGKILL; the container is removed."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)  # podman passes it on to the service
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        podman("rm", "--force", self.name, check=False)
+
+
+def start_servers(prefix: str, database_port: int, redis_port: int,
+                  timeout_s: float = 60) -> tuple[str, str]:  # fmt: skip
+    """PostgreSQL (its database `skinscreen` created) and Redis on loopback, in containers
+    of skinscreen-dev-servers named `prefix`postgres and `prefix`redis: their URLs, once
+    both answer. RuntimeError, with the server's log, if one does not within `timeout_s`."""
+    stop_servers(prefix)
+    podman("run", "--detach", "--rm", "--name", f"{prefix}postgres", "--network", "host",
+           "--user", "postgres", "--env", f"PGPORT={database_port}", SERVERS_IMAGE)  # fmt: skip
+    podman("run", "--detach", "--rm", "--name", f"{prefix}redis", "--network", "host",
+           "--user", "redis", SERVERS_IMAGE, "redis-server", "--bind", "127.0.0.1",
+           "--port", str(redis_port), "--save", "", "--appendonly", "no")  # fmt: skip
+    root = f"postgresql://skinscreen@127.0.0.1:{database_port}"
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+
+    async def create_database() -> None:
+        connection = await asyncpg.connect(f"{root}/postgres", timeout=2)
+        try:
+            if not await connection.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = 'skinscreen'"
+            ):
+                await connection.execute("CREATE DATABASE skinscreen")
+        finally:
+            await connection.close()
+
+    def redis_answers() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    deadline = time.monotonic() + timeout_s
+    for server, answers in (("postgres", lambda: asyncio.run(create_database())),
+                            ("redis", redis_answers)):  # fmt: skip
+        while True:
+            try:
+                answers()
+                break
+            except (OSError, asyncpg.PostgresError, RedisError):
+                if time.monotonic() > deadline:
+                    log = podman("logs", f"{prefix}{server}", check=False)
+                    raise RuntimeError(
+                        f"{server} did not start:\n{log.stdout}{log.stderr}"
+                    ) from None
+                time.sleep(0.2)
+    return f"{root}/skinscreen", redis_url
+
+
+def stop_servers(prefix: str) -> None:
+    podman("rm", "--force", "--time", "5", f"{prefix}postgres", f"{prefix}redis", check=False)

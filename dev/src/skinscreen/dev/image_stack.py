@@ -16,26 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-import asyncpg
-
 from skinscreen.runtime.artifacts import ArtifactStore, import_published
 
-from .containers import ContainerSpec, container_spec, prepare_volumes, run_arguments
+from .containers import Container, container_spec, start_servers, stop_servers
 from .embedded import free_port
-from .images import DEFAULT_IMAGES, REPO, TAG, engine_env, image_exists
+from .images import DEFAULT_IMAGES, REPO, TAG, image_exists
 from .stack import KEYS_FILE, ensure_dev_keys
 
-SERVERS_IMAGE: Final = f"localhost/skinscreen-dev-servers:{TAG}"
 # (container name, Deployment, container) of each service, started in this order.
 SERVICES: Final = (
     ("inference", "skinscreen-inference", "inference"),
@@ -43,79 +37,6 @@ SERVICES: Final = (
     ("trainer", "skinscreen-trainer", "trainer"),
     ("gateway", "skinscreen-gateway", "gateway"),
 )
-
-
-def podman(*arguments: str, check: bool = True) -> str:
-    done = subprocess.run(["podman", *arguments], env=engine_env(), check=check,
-                          capture_output=True, text=True)  # fmt: skip
-    return done.stdout
-
-
-class Container:
-    """A service's container, in the foreground of a `podman run` whose output goes to a log."""
-
-    def __init__(self, name: str, spec: ContainerSpec, settings: Mapping[str, str],
-                 log: Path, command: list[str] | None = None) -> None:  # fmt: skip
-        self.name = name
-        self.spec = spec
-        self.settings = settings
-        self.log = log
-        self.arguments = run_arguments(spec, self.name, settings, command=command)
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        prepare_volumes(self.spec, self.settings)
-        podman("rm", "--force", self.name, check=False)
-        with self.log.open("ab") as log:
-            self.popen = subprocess.Popen(["podman", *self.arguments], env=engine_env(),
-                                          stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-
-    def exited(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
-
-    def stop(self, timeout_s: float = 40) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)  # podman passes it on to the service
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                podman("kill", self.name, check=False)
-                self.popen.wait()
-        podman("rm", "--force", self.name, check=False)
-
-
-def start_servers(prefix: str, database_port: int, redis_port: int) -> tuple[str, str]:
-    """PostgreSQL and Redis on loopback, in containers; their URLs once both answer."""
-    podman("rm", "--force", f"{prefix}postgres", f"{prefix}redis", check=False)
-    podman("run", "--detach", "--rm", "--name", f"{prefix}postgres", "--network", "host",
-           "--user", "postgres", "--env", f"PGPORT={database_port}", SERVERS_IMAGE)  # fmt: skip
-    podman("run", "--detach", "--rm", "--name", f"{prefix}redis", "--network", "host",
-           "--user", "redis", SERVERS_IMAGE, "redis-server", "--bind", "127.0.0.1",
-           "--port", str(redis_port), "--save", "", "--appendonly", "no")  # fmt: skip
-    root = f"postgresql://skinscreen@127.0.0.1:{database_port}"
-
-    async def create_database() -> None:
-        connection = await asyncpg.connect(f"{root}/postgres", timeout=2)
-        try:
-            if not await connection.fetchval(
-                "SELECT 1 FROM pg_database WHERE datname = 'skinscreen'"
-            ):
-                await connection.execute("CREATE DATABASE skinscreen")
-        finally:
-            await connection.close()
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            asyncio.run(create_database())
-            break
-        except (OSError, asyncpg.PostgresError):
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    "PostgreSQL did not start: " + podman("logs", f"{prefix}postgres", check=False)
-                ) from None
-            time.sleep(0.5)
-    return f"{root}/skinscreen", f"redis://127.0.0.1:{redis_port}/0"
 
 
 def wait_ready(url: str, gateway: Container, timeout_s: float = 120) -> None:
@@ -155,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"skinscreen-stack-{args.port}-"
     containers: list[Container] = []
     try:
-        database_url, redis_url = start_servers(prefix, free_port(), free_port())
+        try:
+            database_url, redis_url = start_servers(prefix, free_port(), free_port())
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         return serve(args, prefix, database_url, redis_url, containers)
     except KeyboardInterrupt:
         return 0
@@ -163,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping", flush=True)
         for container in reversed(containers):
             container.stop()
-        podman("rm", "--force", "--time", "5", f"{prefix}postgres", f"{prefix}redis",
-               check=False)  # fmt: skip
+        stop_servers(prefix)
 
 
 def serve(args: argparse.Namespace, prefix: str, database_url: str, redis_url: str,

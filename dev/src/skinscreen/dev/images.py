@@ -128,16 +128,14 @@ def engine_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def podman(*arguments: str, check: bool = True, capture: bool = False) -> str:
-    """Run podman with this module's settings; its output when `capture`."""
-    done = subprocess.run(
-        ["podman", *arguments],
-        env=engine_env(),
-        check=check,
-        text=True,
-        stdout=subprocess.PIPE if capture else None,
+def podman(
+    *arguments: str, check: bool = True, capture: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run podman with this module's settings, its output and errors captured unless
+    `capture` is false (a build's steps go to the terminal)."""
+    return subprocess.run(
+        ["podman", *arguments], env=engine_env(), check=check, text=True, capture_output=capture
     )
-    return done.stdout or ""
 
 
 def missing_tools() -> list[str]:
@@ -165,8 +163,7 @@ def install_tools() -> None:
 
 
 def image_exists(reference: str) -> bool:
-    done = subprocess.run(["podman", "image", "exists", reference], env=engine_env(), check=False)
-    return done.returncode == 0
+    return podman("image", "exists", reference, check=False).returncode == 0
 
 
 def build_base(reference: str = BASE_IMAGE) -> None:
@@ -259,13 +256,11 @@ def megabytes(size: int) -> str:
 
 def report(image: Image, base: str) -> str:
     """The image's size and what each of its layers above the base costs."""
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", image.reference,
-                      capture=True).strip())  # fmt: skip
-    base_size = int(podman("image", "inspect", "--format", "{{.Size}}", base,
-                           capture=True).strip())  # fmt: skip
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", image.reference).stdout)
+    base_size = int(podman("image", "inspect", "--format", "{{.Size}}", base).stdout)
     lines = [f"{image.reference}: {megabytes(size)} ({megabytes(base_size)} of it the base)"]
     history = podman("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}",
-                     image.reference, capture=True)  # fmt: skip
+                     image.reference).stdout  # fmt: skip
     for row in reversed(history.splitlines()):
         layer_size, _, created_by = row.partition("\t")
         if layer_size.strip() in ("0B", "0 B"):
@@ -277,7 +272,7 @@ def report(image: Image, base: str) -> str:
         largest = podman("run", "--rm", "--network", "none", "--no-healthcheck",
                          "--entrypoint", "sh", image.reference,
                          "-c", "du -sk /opt/skinscreen/lib/python3*/site-packages/* "
-                         "| sort -rn | head -6", capture=True)  # fmt: skip
+                         "| sort -rn | head -6").stdout  # fmt: skip
         packages = [
             f"{Path(path).name} {int(kilobytes) / 1e3:,.0f} MB"
             for kilobytes, path in (row.split("\t", 1) for row in largest.splitlines())
@@ -297,7 +292,7 @@ def build(names: Sequence[str], base: str | None) -> list[str]:
         image = IMAGES[name]
         print(f"building {image.reference} from {image.dockerfile}", flush=True)
         try:
-            podman(*build_arguments(image, base))
+            podman(*build_arguments(image, base), capture=False)
         except subprocess.CalledProcessError as exc:
             raise SystemExit(
                 f"building {image.reference} from {image.dockerfile} failed (podman build exit "
