@@ -10,7 +10,6 @@ image instead of a child process of this interpreter), and imports the rest by n
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,12 @@ from skinscreen.dev.containers import (
     Container,
     ContainerSpec,
     container_spec,
+    listening_on,
     start_servers,
     stop_servers,
 )
 from skinscreen.dev.embedded import free_port
-from skinscreen.dev.images import DEFAULT_IMAGES, TAG, image_exists
+from skinscreen.dev.images import missing_images
 from skinscreen.runtime.artifacts import ArtifactStore, import_published
 from tests.deploy.conftest import deploy_env  # noqa: F401  (a fixture, used by name)
 from tests.serving.conftest import (  # noqa: F401  (fixtures, used by name)
@@ -57,11 +57,10 @@ TRAINER = ("skinscreen-trainer", "trainer")
 @pytest.fixture(scope="session", autouse=True)
 def images() -> None:
     """The images of `make images`; `make test` builds them before the suite runs."""
-    missing = [name for name in DEFAULT_IMAGES if not image_exists(f"localhost/{name}:{TAG}")]
-    if shutil.which("podman") is None or missing:
+    missing = missing_images()
+    if missing:
         pytest.fail(
-            f"images not built: {', '.join(missing) or 'podman missing'}; run `make images` "
-            "(make test does)",
+            f"images not built: {', '.join(missing)}; run `make images` (make test does)",
             pytrace=False,
         )
 
@@ -126,10 +125,7 @@ class ContainerLauncher(Launcher):
     def gateway(self, env: dict[str, str], log: Path, port: int, *options: str) -> Process:
         """The manifest's command on 127.0.0.1:`port` (host networking), with `options`."""
         spec = container_spec(*GATEWAY)
-        command = list(spec.command)
-        command[command.index("--port") + 1] = str(port)
-        command[command.index("--host") + 1] = "127.0.0.1"
-        return ContainerProcess(spec, env, log, [*command, *options])
+        return ContainerProcess(spec, env, log, [*listening_on(spec, port), *options])
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,15 @@ def tmpfs_size(limit: str | None) -> str:
     return limit
 
 
+def listening_on(spec: ContainerSpec, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The manifest's command (a server's: the gateway's) with its --host and --port
+    replaced: on host networking each stack chooses its own port."""
+    command = list(spec.command)
+    command[command.index("--port") + 1] = str(port)
+    command[command.index("--host") + 1] = host
+    return command
+
+
 def run_arguments(
     spec: ContainerSpec,
     name: str,

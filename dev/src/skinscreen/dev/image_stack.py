@@ -25,9 +25,9 @@ from typing import Final
 
 from skinscreen.runtime.artifacts import ArtifactStore, import_published
 
-from .containers import Container, container_spec, start_servers, stop_servers
+from .containers import Container, container_spec, listening_on, start_servers, stop_servers
 from .embedded import free_port
-from .images import DEFAULT_IMAGES, REPO, TAG, image_exists
+from .images import REPO, missing_images
 from .stack import KEYS_FILE, ensure_dev_keys
 
 # (container name, Deployment, container) of each service, started in this order.
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=REPO.parent / "shared" / "data",
                         help="the folder of the training data sources (read-only)")  # fmt: skip
     args = parser.parse_args(argv)
-    missing = [name for name in DEFAULT_IMAGES if not image_exists(f"localhost/{name}:{TAG}")]
+    missing = missing_images()
     if missing:
         raise SystemExit(f"images not built: {', '.join(missing)}; run `make images` first")
     (args.data / "logs").mkdir(parents=True, exist_ok=True)
@@ -118,11 +118,7 @@ def serve(args: argparse.Namespace, prefix: str, database_url: str, redis_url: s
     for name, workload, in_pod in SERVICES:
         spec = container_spec(workload, in_pod)
         own = {**settings, "METRICS_PORT": str(free_port())}
-        command = None
-        if name == "gateway":
-            command = list(spec.command)
-            command[command.index("--port") + 1] = str(args.port)
-            command[command.index("--host") + 1] = "127.0.0.1"
+        command = listening_on(spec, args.port) if name == "gateway" else None
         containers.append(Container(prefix + name, spec, own, logs / f"{name}.log", command))
         containers[-1].start()
         print(f"started {name} ({spec.image}); its output: {containers[-1].log}", flush=True)

@@ -166,6 +166,13 @@ def image_exists(reference: str) -> bool:
     return podman("image", "exists", reference, check=False).returncode == 0
 
 
+def missing_images(names: Sequence[str] = DEFAULT_IMAGES) -> list[str]:
+    """Those of `names` not built here: all of them where podman is not installed."""
+    if shutil.which("podman") is None:
+        return list(names)
+    return [name for name in names if not image_exists(IMAGES[name].reference)]
+
+
 def build_base(reference: str = BASE_IMAGE) -> None:
     """Debian 12 from Debian's mirror, slimmed as its registry image is, imported as
     `reference`. Kept by the machine's image store; built again only when it is gone."""
