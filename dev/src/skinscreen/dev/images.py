@@ -246,12 +246,14 @@ def build_arguments(image: Image, base: str) -> list[str]:
         arguments += ["--build-arg", f"BUILD_BASE={base}", "--build-arg", f"RUNTIME_BASE={base}"]
     else:
         arguments += ["--build-arg", f"BASE_IMAGE={base}"]
-    bundle = ca_bundle()
-    if bundle is not None and "ARG PIP_CERT" in (REPO / image.dockerfile).read_text():
+    # Each mount goes only to a Dockerfile that takes it (an ARG of that name).
+    dockerfile = (REPO / image.dockerfile).read_text()
+    bundle = ca_bundle() if "ARG PIP_CERT" in dockerfile else None
+    if bundle is not None:
         arguments += ["--volume", f"{bundle}:/run/skinscreen-build-ca.pem:ro",
                       "--build-arg", "PIP_CERT=/run/skinscreen-build-ca.pem"]  # fmt: skip
-    wheels = torch_wheels()
-    if wheels is not None and image.name == "skinscreen-trainer":
+    wheels = torch_wheels() if "ARG TORCH_WHEELS" in dockerfile else None
+    if wheels is not None:
         arguments += ["--volume", f"{wheels}:/run/skinscreen-wheels:ro",
                       "--build-arg", "TORCH_WHEELS=/run/skinscreen-wheels"]  # fmt: skip
     return [*arguments, str(REPO)]
